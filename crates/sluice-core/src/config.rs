@@ -1,0 +1,230 @@
+//! Runtime configuration. Every knob has a default, so the binary runs with no
+//! file at all; `config/runtime.yaml` documents each one and CLI flags
+//! override it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the default model lands after `scripts/setup.sh` fetched it.
+pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub server: ServerConfig,
+    pub model: ModelConfig,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Largest request body accepted; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// On SIGTERM/SIGINT, running streams get this long to finish before
+    /// they are cancelled.
+    pub shutdown_grace_seconds: u64,
+    /// Most stop strings one request may carry.
+    pub max_stop_sequences: usize,
+    /// Longest stop string accepted, in bytes.
+    pub max_stop_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 8080,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_seconds: 30,
+            max_stop_sequences: 4,
+            max_stop_bytes: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// GGUF file to serve.
+    pub path: PathBuf,
+    /// Name clients use in `model`; the file stem when unset.
+    pub served_name: Option<String>,
+    /// Jinja chat template file overriding the GGUF's `tokenizer.chat_template`.
+    pub chat_template: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(DEFAULT_MODEL_PATH),
+            served_name: None,
+            chat_template: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The name clients must send in `model`.
+    pub fn served_name(&self) -> String {
+        self.served_name.clone().unwrap_or_else(|| {
+            self.path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "default".to_owned())
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Sequences the llama.cpp context holds at once (`n_seq_max`): the most
+    /// streams that can be in the running batch together.
+    pub max_sequences: u32,
+    /// KV cells each sequence may use: prompt plus generated tokens.
+    pub context_per_sequence: u32,
+    /// One KV buffer shared by all sequences (true) or one per sequence
+    /// (false). Per-sequence buffers decode faster with many streams; see
+    /// docs/architecture.md for the measurements.
+    pub kv_unified: bool,
+    /// Tokens one engine step may process (decode tokens of running streams
+    /// plus prefill chunks of new ones). Smaller keeps inter-token gaps short
+    /// while prompts prefill; larger prefills faster.
+    pub step_token_budget: u32,
+    /// Smallest prefill chunk per step, so prefill progresses even when
+    /// running streams fill the budget.
+    pub min_prefill_chunk: u32,
+    /// Threads llama.cpp computes with; 0 means one per available core.
+    pub threads: u32,
+    /// Events buffered between the engine and one client's writer. A client
+    /// that falls this far behind has its sequence parked.
+    pub stream_buffer_events: usize,
+    /// Requests waiting for a free sequence before new ones get 503.
+    pub max_waiting: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_sequences: 128,
+            context_per_sequence: 1024,
+            kv_unified: false,
+            step_token_budget: 128,
+            min_prefill_chunk: 16,
+            threads: 0,
+            stream_buffer_events: 64,
+            max_waiting: 1024,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Parses YAML; `origin` names the source in error messages.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_saphyr::from_str(text).map_err(|err| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: err.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let engine = &self.engine;
+        let checks = [
+            (
+                engine.max_sequences == 0,
+                "engine.max_sequences must be at least 1",
+            ),
+            (
+                engine.context_per_sequence < 16,
+                "engine.context_per_sequence must be at least 16",
+            ),
+            (
+                engine.step_token_budget == 0,
+                "engine.step_token_budget must be at least 1",
+            ),
+            (
+                engine.min_prefill_chunk == 0
+                    || engine.min_prefill_chunk > engine.step_token_budget,
+                "engine.min_prefill_chunk must be between 1 and engine.step_token_budget",
+            ),
+            (
+                engine.stream_buffer_events == 0,
+                "engine.stream_buffer_events must be at least 1",
+            ),
+            (
+                self.server.max_body_bytes < 1024,
+                "server.max_body_bytes must be at least 1024",
+            ),
+        ];
+        match checks.iter().find(|(failed, _)| *failed) {
+            Some((_, message)) => Err(ConfigError::Invalid((*message).to_owned())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_runtime_yaml_states_the_defaults() {
+        let text = include_str!("../../../config/runtime.yaml");
+        let parsed = RuntimeConfig::from_yaml(text, "config/runtime.yaml").unwrap();
+        assert_eq!(parsed, RuntimeConfig::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(
+            RuntimeConfig::from_yaml("{}", "test").unwrap(),
+            RuntimeConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = RuntimeConfig::from_yaml("engine:\n  max_seqs: 4\n", "test").unwrap_err();
+        assert!(err.to_string().contains("max_seqs"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let err =
+            RuntimeConfig::from_yaml("engine:\n  step_token_budget: 0\n", "test").unwrap_err();
+        assert!(err.to_string().contains("step_token_budget"), "{err}");
+    }
+
+    #[test]
+    fn served_name_defaults_to_file_stem() {
+        let model = ModelConfig::default();
+        assert_eq!(model.served_name(), "SmolLM2-135M-Instruct.Q4_1");
+    }
+}

@@ -1,0 +1,5 @@
+//! Sluice's control plane: everything that decides, nothing that does I/O on
+//! the network or links llama.cpp. Fast to compile and fast to test.
+#![forbid(unsafe_code)]
+
+pub mod config;

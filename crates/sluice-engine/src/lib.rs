@@ -1,0 +1,194 @@
+//! The only crate that links llama.cpp. One OS thread per loaded model owns
+//! the llama.cpp context; async callers talk to it through channels only.
+
+mod detokenizer;
+mod model;
+mod request;
+mod scheduler;
+mod stop;
+mod template;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use sluice_core::config::EngineConfig;
+use tokio::sync::{mpsc, watch};
+
+pub use detokenizer::Utf8Assembler;
+pub use model::LoadedModel;
+pub use request::{
+    EngineTimings, FinishReason, GenerationRequest, SamplingParams, StreamEvent, Usage,
+};
+pub use stop::{StopMatcher, StopOutcome};
+pub use template::{ChatMessage, ChatTemplate, TemplateError};
+
+use scheduler::{Scheduler, Submission};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("model failed to load: {0}")]
+    Load(String),
+    #[error("the model is still loading")]
+    Loading,
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("{waiting} requests are already waiting for the engine")]
+    QueueFull { waiting: usize },
+}
+
+/// Where the engine thread is in its life.
+#[derive(Debug, Clone)]
+pub enum EngineStatus {
+    Loading,
+    Ready(Arc<LoadedModel>),
+    Failed(String),
+}
+
+/// Counters the engine thread publishes after every step; read by metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Sequences in the running batch (parked ones included).
+    pub running: AtomicUsize,
+    /// Requests submitted and not yet given a sequence.
+    pub waiting: AtomicUsize,
+    pub parked: AtomicUsize,
+    pub kv_tokens_in_use: AtomicUsize,
+    pub steps_total: AtomicU64,
+    pub prompt_tokens_processed_total: AtomicU64,
+    pub generated_tokens_total: AtomicU64,
+    pub finished_total: AtomicU64,
+    pub cancelled_total: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub model_path: PathBuf,
+    /// Jinja source that replaces the GGUF's chat template.
+    pub chat_template: Option<String>,
+    pub config: EngineConfig,
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    submissions: std::sync::mpsc::Sender<Submission>,
+    status: watch::Receiver<EngineStatus>,
+    stats: Arc<EngineStats>,
+    stream_buffer_events: usize,
+    max_waiting: usize,
+}
+
+/// The events of one generation. Dropping it cancels the generation: the
+/// engine frees the sequence within one step.
+pub struct GenerationStream {
+    events: mpsc::Receiver<StreamEvent>,
+}
+
+impl GenerationStream {
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        self.events.recv().await
+    }
+
+    /// An event that is ready now, without waiting.
+    pub fn try_next(&mut self) -> Option<StreamEvent> {
+        self.events.try_recv().ok()
+    }
+}
+
+impl EngineHandle {
+    /// Starts the engine thread; the model loads in the background (status
+    /// `Loading` until then).
+    pub fn spawn(options: EngineOptions) -> Self {
+        let (submissions, commands) = std::sync::mpsc::channel();
+        let (status_tx, status) = watch::channel(EngineStatus::Loading);
+        let stats = Arc::new(EngineStats::default());
+        let handle = Self {
+            submissions,
+            status,
+            stats: Arc::clone(&stats),
+            stream_buffer_events: options.config.stream_buffer_events,
+            max_waiting: options.config.max_waiting,
+        };
+        std::thread::Builder::new()
+            .name("sluice-engine".into())
+            .spawn(move || {
+                let loaded = LoadedModel::load(
+                    &options.model_path,
+                    options.chat_template,
+                    options.config.context_per_sequence,
+                )
+                .map(Arc::new)
+                .and_then(|model| {
+                    Scheduler::new(Arc::clone(&model), options.config, stats)
+                        .map(|scheduler| (model, scheduler))
+                });
+                match loaded {
+                    Ok((model, scheduler)) => {
+                        tracing::info!(?model, "model loaded");
+                        status_tx.send_replace(EngineStatus::Ready(model));
+                        scheduler.run(commands);
+                    }
+                    Err(err) => {
+                        tracing::error!(%err, "engine failed to start");
+                        status_tx.send_replace(EngineStatus::Failed(err.to_string()));
+                    }
+                }
+            })
+            .expect("spawning the engine thread");
+        handle
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.status.borrow().clone()
+    }
+
+    /// The model once loaded.
+    pub fn model(&self) -> Result<Arc<LoadedModel>, EngineError> {
+        match self.status() {
+            EngineStatus::Ready(model) => Ok(model),
+            EngineStatus::Loading => Err(EngineError::Loading),
+            EngineStatus::Failed(message) => Err(EngineError::Load(message)),
+        }
+    }
+
+    /// Waits until the model has loaded (or failed to).
+    pub async fn wait_ready(&self) -> Result<Arc<LoadedModel>, EngineError> {
+        let mut status = self.status.clone();
+        let status = status
+            .wait_for(|status| !matches!(status, EngineStatus::Loading))
+            .await
+            .map_err(|_| EngineError::Stopped)?
+            .clone();
+        match status {
+            EngineStatus::Ready(model) => Ok(model),
+            EngineStatus::Failed(message) => Err(EngineError::Load(message)),
+            EngineStatus::Loading => unreachable!("waited for a status other than Loading"),
+        }
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Queues a generation. The engine admits it into the running batch at
+    /// its next step when a sequence is free.
+    pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+        self.model()?;
+        let waiting = self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        if waiting >= self.max_waiting {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::QueueFull { waiting });
+        }
+        let (events_tx, events) = mpsc::channel(self.stream_buffer_events);
+        let submission = Submission {
+            request,
+            events: events_tx,
+        };
+        if self.submissions.send(submission).is_err() {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Stopped);
+        }
+        Ok(GenerationStream { events })
+    }
+}

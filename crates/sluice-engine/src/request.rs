@@ -1,0 +1,95 @@
+//! What callers hand the engine and what the engine streams back.
+
+use std::time::{Duration, Instant};
+
+/// Per-request sampling, already validated by the API layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 disables top-k.
+    pub top_k: i32,
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
+    }
+}
+
+/// A tokenized request ready for the engine.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt_tokens: Vec<i32>,
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; the sequence's context bounds it too.
+    pub max_tokens: u32,
+    /// Generation stops before any of these strings; they are never emitted.
+    pub stop: Vec<String>,
+    /// When the request arrived, for queue-time accounting.
+    pub arrived_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` or the sequence's context was reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// How long the request spent in each engine stage.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct EngineTimings {
+    /// From arrival until the engine gave it a sequence.
+    pub queue: Duration,
+    /// From getting a sequence until the first token was sampled.
+    pub prefill: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// New text (always whole UTF-8 characters) and the token ids that made it.
+    Token {
+        text: String,
+        token_ids: Vec<i32>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        timings: EngineTimings,
+    },
+    Error {
+        message: String,
+    },
+}

@@ -1,0 +1,553 @@
+//! The engine thread: one llama.cpp context with many sequences, driven by a
+//! continuous-batching loop. Each step decodes one token for every running
+//! stream and spends the rest of the step's token budget on prefill chunks of
+//! new streams, so a long prompt never freezes running streams.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use sluice_core::config::EngineConfig;
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::detokenizer::Utf8Assembler;
+use crate::model::{LoadedModel, backend};
+use crate::request::{
+    EngineTimings, FinishReason, GenerationRequest, SamplingParams, StreamEvent, Usage,
+};
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::{EngineError, EngineStats};
+
+/// Penalties look back this many tokens (llama.cpp's default window).
+const PENALTY_WINDOW: i32 = 64;
+/// How long the loop waits for commands while every stream is parked.
+const PARKED_POLL: Duration = Duration::from_millis(2);
+
+pub(crate) struct Submission {
+    pub request: GenerationRequest,
+    pub events: Sender<StreamEvent>,
+}
+
+/// One stream's state inside the engine.
+struct Sequence {
+    seq_id: i32,
+    admission_order: u64,
+    prompt: Vec<i32>,
+    /// Prompt tokens already in the KV cache.
+    prefilled: usize,
+    /// Sampled token whose KV is not computed yet.
+    next_token: Option<i32>,
+    /// Tokens in this sequence's KV cells.
+    n_past: i32,
+    sampler: LlamaSampler,
+    utf8: Utf8Assembler,
+    stop: StopMatcher,
+    generated: u32,
+    max_tokens: u32,
+    pending_token_ids: Vec<i32>,
+    events: Sender<StreamEvent>,
+    /// Events the client's channel had no room for; while non-empty the
+    /// sequence is parked (skipped in the batch).
+    undelivered: VecDeque<StreamEvent>,
+    arrived_at: Instant,
+    admitted_at: Instant,
+    first_token_at: Option<Instant>,
+}
+
+enum Delivery {
+    Sent,
+    Parked,
+    ClientGone,
+}
+
+impl Sequence {
+    fn is_prefilling(&self) -> bool {
+        self.prefilled < self.prompt.len()
+    }
+
+    fn deliver(&mut self, event: StreamEvent) -> Delivery {
+        self.undelivered.push_back(event);
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Delivery {
+        flush_events(&self.events, &mut self.undelivered)
+    }
+
+    fn timings(&self) -> EngineTimings {
+        EngineTimings {
+            queue: self.admitted_at - self.arrived_at,
+            prefill: self
+                .first_token_at
+                .map_or(Duration::ZERO, |first| first - self.admitted_at),
+        }
+    }
+}
+
+fn flush_events(events: &Sender<StreamEvent>, undelivered: &mut VecDeque<StreamEvent>) -> Delivery {
+    while let Some(event) = undelivered.pop_front() {
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                undelivered.push_front(event);
+                return Delivery::Parked;
+            }
+            Err(TrySendError::Closed(_)) => return Delivery::ClientGone,
+        }
+    }
+    Delivery::Sent
+}
+
+/// A finished stream whose last events still wait for room in its channel.
+struct Draining {
+    events: Sender<StreamEvent>,
+    undelivered: VecDeque<StreamEvent>,
+}
+
+pub(crate) struct Scheduler {
+    model: Arc<LoadedModel>,
+    ctx: LlamaContext<'static>,
+    batch: LlamaBatch<'static>,
+    config: EngineConfig,
+    stats: Arc<EngineStats>,
+    slots: Vec<Option<Sequence>>,
+    waiting: VecDeque<Submission>,
+    draining: Vec<Draining>,
+    next_admission: u64,
+    /// (slot, batch index) of every token whose logits the step samples.
+    sample_at: Vec<(usize, i32)>,
+    piece: Vec<u8>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        model: Arc<LoadedModel>,
+        config: EngineConfig,
+        stats: Arc<EngineStats>,
+    ) -> Result<Self, EngineError> {
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        } as i32;
+        let n_ctx = model
+            .context_per_sequence
+            .checked_mul(config.max_sequences)
+            .ok_or_else(|| EngineError::Load("context size overflows u32".into()))?;
+        let batch_tokens = config.step_token_budget + config.max_sequences;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(batch_tokens)
+            .with_n_ubatch(batch_tokens.min(512))
+            .with_n_seq_max(config.max_sequences)
+            .with_kv_unified(config.kv_unified)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = model
+            .model
+            .new_context(backend(), params)
+            .map_err(|err| EngineError::Load(format!("creating the llama.cpp context: {err}")))?;
+        let batch = LlamaBatch::new(batch_tokens as usize, 1);
+        let slots = (0..config.max_sequences).map(|_| None).collect();
+        Ok(Self {
+            model,
+            ctx,
+            batch,
+            config,
+            stats,
+            slots,
+            waiting: VecDeque::new(),
+            draining: Vec::new(),
+            next_admission: 0,
+            sample_at: Vec::new(),
+            piece: Vec::with_capacity(64),
+        })
+    }
+
+    /// Runs until every handle is dropped and the remaining work is done.
+    pub(crate) fn run(mut self, commands: Receiver<Submission>) {
+        let mut handles_alive = true;
+        loop {
+            if !self.has_work() {
+                if !handles_alive {
+                    return;
+                }
+                match commands.recv() {
+                    Ok(submission) => self.enqueue(submission),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match commands.try_recv() {
+                    Ok(submission) => self.enqueue(submission),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        handles_alive = false;
+                        break;
+                    }
+                }
+            }
+            let progressed = self.step();
+            if !progressed && handles_alive && self.has_work() {
+                // Every stream is parked or draining: wait briefly for clients.
+                match commands.recv_timeout(PARKED_POLL) {
+                    Ok(submission) => self.enqueue(submission),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => handles_alive = false,
+                }
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.waiting.is_empty()
+            || !self.draining.is_empty()
+            || self.slots.iter().any(Option::is_some)
+    }
+
+    fn enqueue(&mut self, submission: Submission) {
+        self.waiting.push_back(submission);
+    }
+
+    /// One engine step. Returns whether the model ran.
+    fn step(&mut self) -> bool {
+        self.flush_draining();
+        self.release_abandoned();
+        self.admit_waiting();
+        self.build_batch();
+        self.publish_stats();
+        if self.batch.n_tokens() == 0 {
+            return false;
+        }
+        if let Err(err) = self.ctx.decode(&mut self.batch) {
+            self.fail_batch(&format!("llama.cpp decode failed: {err}"));
+            return true;
+        }
+        self.stats.steps_total.fetch_add(1, Ordering::Relaxed);
+        self.sample_batch();
+        true
+    }
+
+    fn flush_draining(&mut self) {
+        self.draining.retain_mut(|drain| {
+            matches!(
+                flush_events(&drain.events, &mut drain.undelivered),
+                Delivery::Parked
+            )
+        });
+    }
+
+    /// Frees sequences whose client went away and drops cancelled requests
+    /// from the queue, within one step.
+    fn release_abandoned(&mut self) {
+        for slot in 0..self.slots.len() {
+            let gone = self.slots[slot].as_mut().is_some_and(|seq| {
+                seq.events.is_closed() || matches!(seq.flush(), Delivery::ClientGone)
+            });
+            if gone {
+                self.free_slot(slot);
+                self.stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let before = self.waiting.len();
+        self.waiting
+            .retain(|submission| !submission.events.is_closed());
+        let cancelled = before - self.waiting.len();
+        self.stats.waiting.fetch_sub(cancelled, Ordering::Relaxed);
+        self.stats
+            .cancelled_total
+            .fetch_add(cancelled as u64, Ordering::Relaxed);
+    }
+
+    fn admit_waiting(&mut self) {
+        while !self.waiting.is_empty() {
+            let Some(slot) = self.slots.iter().position(Option::is_none) else {
+                return;
+            };
+            let submission = self.waiting.pop_front().expect("checked non-empty");
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let sequence = self.start_sequence(slot, submission);
+            self.slots[slot] = Some(sequence);
+        }
+    }
+
+    fn start_sequence(&mut self, slot: usize, submission: Submission) -> Sequence {
+        let Submission { request, events } = submission;
+        let sampler = build_sampler(&request.sampling, self.model.model.n_vocab());
+        let admission_order = self.next_admission;
+        self.next_admission += 1;
+        Sequence {
+            seq_id: slot as i32,
+            admission_order,
+            prompt: request.prompt_tokens,
+            prefilled: 0,
+            next_token: None,
+            n_past: 0,
+            sampler,
+            utf8: Utf8Assembler::default(),
+            stop: StopMatcher::new(request.stop),
+            generated: 0,
+            max_tokens: request.max_tokens,
+            pending_token_ids: Vec::new(),
+            events,
+            undelivered: VecDeque::new(),
+            arrived_at: request.arrived_at,
+            admitted_at: Instant::now(),
+            first_token_at: None,
+        }
+    }
+
+    /// Decode tokens first (every unparked running stream), then prefill
+    /// chunks in admission order with what is left of the budget.
+    fn build_batch(&mut self) {
+        self.batch.clear();
+        self.sample_at.clear();
+        let mut prefilling = Vec::new();
+        for (slot, seq) in self.slots.iter_mut().enumerate() {
+            let Some(seq) = seq else { continue };
+            if !seq.undelivered.is_empty() {
+                continue;
+            }
+            if let Some(token) = seq.next_token {
+                let index = self.batch.n_tokens();
+                self.batch
+                    .add(LlamaToken(token), seq.n_past, &[seq.seq_id], true)
+                    .expect("batch holds a decode token per sequence");
+                self.sample_at.push((slot, index));
+            } else if seq.is_prefilling() {
+                prefilling.push((seq.admission_order, slot));
+            }
+        }
+        let decodes = self.batch.n_tokens() as u32;
+        let mut budget = self
+            .config
+            .step_token_budget
+            .saturating_sub(decodes)
+            .max(self.config.min_prefill_chunk) as usize;
+        prefilling.sort_unstable();
+        for (_, slot) in prefilling {
+            if budget == 0 {
+                break;
+            }
+            let seq = self.slots[slot]
+                .as_mut()
+                .expect("slot listed as prefilling");
+            let end = (seq.prefilled + budget).min(seq.prompt.len());
+            for (pos, &token) in seq.prompt[seq.prefilled..end].iter().enumerate() {
+                let is_last_prompt_token = seq.prefilled + pos + 1 == seq.prompt.len();
+                let index = self.batch.n_tokens();
+                self.batch
+                    .add(
+                        LlamaToken(token),
+                        (seq.prefilled + pos) as i32,
+                        &[seq.seq_id],
+                        is_last_prompt_token,
+                    )
+                    .expect("batch sized for the step budget");
+                if is_last_prompt_token {
+                    self.sample_at.push((slot, index));
+                }
+            }
+            budget -= end - seq.prefilled;
+            self.stats
+                .prompt_tokens_processed_total
+                .fetch_add((end - seq.prefilled) as u64, Ordering::Relaxed);
+            seq.n_past += (end - seq.prefilled) as i32;
+            seq.prefilled = end;
+        }
+        // Decode tokens' KV is in after this step; count them now.
+        for &(slot, _) in &self.sample_at {
+            let seq = self.slots[slot].as_mut().expect("sampled slot is live");
+            if seq.next_token.take().is_some() {
+                seq.n_past += 1;
+            }
+        }
+    }
+
+    fn sample_batch(&mut self) {
+        let now = Instant::now();
+        let sample_at = std::mem::take(&mut self.sample_at);
+        for &(slot, index) in &sample_at {
+            let seq = self.slots[slot].as_mut().expect("sampled slot is live");
+            let token = seq.sampler.sample(&self.ctx, index);
+            self.stats
+                .generated_tokens_total
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(ended) = self.accept_token(slot, token, now) {
+                self.finish(slot, ended);
+            }
+        }
+        self.sample_at = sample_at;
+    }
+
+    /// Turns a sampled token into text and events; returns the finish reason
+    /// when the stream ends here.
+    fn accept_token(
+        &mut self,
+        slot: usize,
+        token: LlamaToken,
+        now: Instant,
+    ) -> Option<FinishReason> {
+        let vocab = self.model.model.vocab();
+        let context_limit = self.model.context_per_sequence as i32;
+        let seq = self.slots[slot]
+            .as_mut()
+            .expect("accepting for a live slot");
+        seq.generated += 1;
+        seq.first_token_at.get_or_insert(now);
+        if vocab.is_eog(token) {
+            return Some(FinishReason::Stop);
+        }
+        self.piece.clear();
+        vocab.token_to_piece_into(token, &mut self.piece, false, None);
+        let text = seq.utf8.push(&self.piece);
+        seq.pending_token_ids.push(token.0);
+        let (text, stopped) = match seq.stop.push(&text) {
+            StopOutcome::Continue(text) => (text, false),
+            StopOutcome::Stopped(text) => (text, true),
+        };
+        if !text.is_empty() {
+            let token_ids = std::mem::take(&mut seq.pending_token_ids);
+            if let Delivery::ClientGone = seq.deliver(StreamEvent::Token { text, token_ids }) {
+                // Freed on the next step's abandoned check.
+                return None;
+            }
+        }
+        if stopped {
+            return Some(FinishReason::Stop);
+        }
+        if seq.generated >= seq.max_tokens || seq.n_past + 1 >= context_limit {
+            return Some(FinishReason::Length);
+        }
+        seq.next_token = Some(token.0);
+        None
+    }
+
+    /// Ends a stream: flushes held text, sends usage and frees its KV cells.
+    fn finish(&mut self, slot: usize, reason: FinishReason) {
+        let seq = self.slots[slot].as_mut().expect("finishing a live slot");
+        // After a stop string matched, the matcher holds nothing; otherwise
+        // what it held back is ordinary text.
+        let tail = seq.stop.finish() + &seq.utf8.finish();
+        if !tail.is_empty() {
+            let token_ids = std::mem::take(&mut seq.pending_token_ids);
+            seq.deliver(StreamEvent::Token {
+                text: tail,
+                token_ids,
+            });
+        }
+        let usage = Usage {
+            prompt_tokens: seq.prompt.len() as u32,
+            completion_tokens: seq.generated,
+        };
+        let timings = seq.timings();
+        seq.deliver(StreamEvent::Finished {
+            reason,
+            usage,
+            timings,
+        });
+        self.stats.finished_total.fetch_add(1, Ordering::Relaxed);
+        self.free_slot(slot);
+    }
+
+    fn free_slot(&mut self, slot: usize) {
+        let Some(seq) = self.slots[slot].take() else {
+            return;
+        };
+        self.ctx
+            .clear_kv_cache_seq(Some(seq.seq_id as u32), None, None)
+            .expect("sequence id fits i32");
+        if !seq.undelivered.is_empty() && !seq.events.is_closed() {
+            self.draining.push(Draining {
+                events: seq.events,
+                undelivered: seq.undelivered,
+            });
+        }
+    }
+
+    fn fail_batch(&mut self, message: &str) {
+        tracing::error!(message, "engine step failed; ending the streams in it");
+        let mut slots: Vec<usize> = self.sample_at.iter().map(|&(slot, _)| slot).collect();
+        slots.extend(
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, seq)| seq.as_ref().is_some_and(Sequence::is_prefilling))
+                .map(|(slot, _)| slot),
+        );
+        slots.sort_unstable();
+        slots.dedup();
+        for slot in slots {
+            if let Some(seq) = self.slots[slot].as_mut() {
+                seq.deliver(StreamEvent::Error {
+                    message: message.to_owned(),
+                });
+            }
+            self.free_slot(slot);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let mut running = 0;
+        let mut parked = 0;
+        let mut kv_tokens = 0;
+        for seq in self.slots.iter().flatten() {
+            running += 1;
+            parked += usize::from(!seq.undelivered.is_empty());
+            kv_tokens += seq.n_past as usize;
+        }
+        self.stats.running.store(running, Ordering::Relaxed);
+        self.stats.parked.store(parked, Ordering::Relaxed);
+        self.stats
+            .kv_tokens_in_use
+            .store(kv_tokens, Ordering::Relaxed);
+    }
+}
+
+fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
+    let mut chain = Vec::new();
+    if params.repetition_penalty != 1.0
+        || params.presence_penalty != 0.0
+        || params.frequency_penalty != 0.0
+    {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            PENALTY_WINDOW,
+            params.repetition_penalty,
+            params.frequency_penalty,
+            params.presence_penalty,
+        ));
+    }
+    if params.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+        return LlamaSampler::chain_simple(chain);
+    }
+    if params.top_k > 0 {
+        chain.push(LlamaSampler::top_k(params.top_k));
+    }
+    if params.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(params.top_p, 1));
+    }
+    if params.min_p > 0.0 {
+        chain.push(LlamaSampler::min_p(params.min_p, 1));
+    }
+    chain.push(LlamaSampler::temp(params.temperature));
+    let seed = params.seed.unwrap_or_else(random_seed);
+    // llama.cpp seeds are 32-bit; fold the high half in so distinct u64 seeds
+    // rarely collide.
+    chain.push(LlamaSampler::dist((seed ^ (seed >> 32)) as u32));
+    LlamaSampler::chain_simple(chain)
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}

@@ -1,0 +1,434 @@
+//! OpenAI request schema and its validation. Unknown fields are ignored, as
+//! OpenAI's own server does; known fields are range-checked and every failure
+//! names the parameter.
+
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sluice_core::config::ServerConfig;
+use sluice_engine::{ChatMessage, SamplingParams};
+
+use super::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Fields shared by chat and text completions.
+#[derive(Debug, Deserialize)]
+pub struct CommonParams {
+    pub model: String,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub stop: Option<OneOrMany>,
+    pub n: Option<i64>,
+    pub logprobs: Option<Value>,
+    pub best_of: Option<i64>,
+    pub echo: Option<bool>,
+    pub tools: Option<Value>,
+    pub response_format: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub messages: Vec<RawMessage>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawMessage {
+    pub role: String,
+    pub content: Option<MessageContent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Option<OneOrMany>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// A request that passed validation, ready to tokenize.
+#[derive(Debug)]
+pub struct ValidatedParams {
+    pub stream: bool,
+    pub include_usage: bool,
+    /// None: generate until the sequence's context is full.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+    pub arrived_at: Instant,
+}
+
+/// Parses a JSON body; the error names the field at fault.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
+    let value = parsed.map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("The request body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::bad_request(format!("The request body is invalid: {inner}"))
+        } else {
+            ApiError::invalid(path.clone(), format!("Invalid value for '{path}': {inner}"))
+        }
+    })?;
+    deserializer.end().map_err(|err| {
+        ApiError::bad_request(format!("The request body is not valid JSON: {err}"))
+    })?;
+    Ok(value)
+}
+
+fn check_range(param: &str, value: Option<f32>, min: f32, max: f32) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !(min..=max).contains(&v) || v.is_nan() => Err(ApiError::invalid(
+            param,
+            format!("'{param}' must be between {min} and {max}, got {v}."),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn unsupported(param: &str, why: &str) -> ApiError {
+    ApiError::invalid(
+        param,
+        format!("'{param}' is not supported by this server: {why}."),
+    )
+}
+
+impl CommonParams {
+    pub fn validate(
+        &self,
+        served_model: &str,
+        limits: &ServerConfig,
+        arrived_at: Instant,
+    ) -> Result<ValidatedParams, ApiError> {
+        if self.model.is_empty() {
+            return Err(ApiError::invalid("model", "'model' must not be empty."));
+        }
+        if self.model != served_model {
+            return Err(ApiError::model_not_found(&self.model, served_model));
+        }
+        check_range("temperature", self.temperature, 0.0, 2.0)?;
+        check_range("top_p", self.top_p, 0.0, 1.0)?;
+        if self.top_p == Some(0.0) {
+            return Err(ApiError::invalid(
+                "top_p",
+                "'top_p' must be greater than 0.",
+            ));
+        }
+        check_range("min_p", self.min_p, 0.0, 1.0)?;
+        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        check_range("repetition_penalty", self.repetition_penalty, 0.01, 2.0)?;
+        if let Some(k) = self.top_k
+            && k < -1
+        {
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("'top_k' must be -1 (disabled) or at least 0, got {k}."),
+            ));
+        }
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(v), _) => Some(("max_completion_tokens", v)),
+            (None, Some(v)) => Some(("max_tokens", v)),
+            (None, None) => None,
+        };
+        let max_tokens = match max_tokens {
+            Some((param, v)) if v < 1 || v > i64::from(u32::MAX) => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("'{param}' must be at least 1, got {v}."),
+                ));
+            }
+            Some((_, v)) => Some(v as u32),
+            None => None,
+        };
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(ApiError::invalid(
+                "n",
+                format!("'n' must be 1 on this server, got {n}."),
+            ));
+        }
+        if let Some(best_of) = self.best_of
+            && best_of != 1
+        {
+            return Err(unsupported("best_of", "only one candidate is generated"));
+        }
+        if self.echo == Some(true) {
+            return Err(unsupported("echo", "the prompt is not echoed"));
+        }
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(_) => {
+                return Err(unsupported(
+                    "logprobs",
+                    "log probabilities are not returned",
+                ));
+            }
+        }
+        match &self.tools {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(tools)) if tools.is_empty() => {}
+            Some(_) => return Err(unsupported("tools", "tool calling is not implemented")),
+        }
+        if let Some(format) = &self.response_format {
+            let kind = format.get("type").and_then(Value::as_str);
+            if !matches!(format, Value::Null) && kind != Some("text") {
+                return Err(unsupported(
+                    "response_format",
+                    "only {\"type\": \"text\"} is accepted",
+                ));
+            }
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(OneOrMany::One(stop)) => vec![stop.clone()],
+            Some(OneOrMany::Many(stops)) => stops.clone(),
+        };
+        if stop.len() > limits.max_stop_sequences {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "'stop' may hold at most {} sequences, got {}.",
+                    limits.max_stop_sequences,
+                    stop.len()
+                ),
+            ));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "Each 'stop' sequence may be at most {} bytes, got {}.",
+                    limits.max_stop_bytes,
+                    long.len()
+                ),
+            ));
+        }
+        if self.stream_options.is_some() && !self.stream {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "'stream_options' is only allowed when 'stream' is true.",
+            ));
+        }
+        let defaults = SamplingParams::default();
+        Ok(ValidatedParams {
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+            max_tokens,
+            stop,
+            sampling: SamplingParams {
+                temperature: self.temperature.unwrap_or(defaults.temperature),
+                top_p: self.top_p.unwrap_or(defaults.top_p),
+                top_k: self.top_k.unwrap_or(defaults.top_k).max(0),
+                min_p: self.min_p.unwrap_or(defaults.min_p),
+                seed: self.seed.map(|seed| seed as u64),
+                repetition_penalty: self
+                    .repetition_penalty
+                    .unwrap_or(defaults.repetition_penalty),
+                presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
+                frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+            },
+            arrived_at,
+        })
+    }
+}
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+impl ChatCompletionRequest {
+    pub fn chat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "'messages' must not be empty.",
+            ));
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, message)| {
+                if !ROLES.contains(&message.role.as_str()) {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].role"),
+                        format!(
+                            "Invalid role '{}'; expected one of {}.",
+                            message.role,
+                            ROLES.join(", ")
+                        ),
+                    ));
+                }
+                let content = match &message.content {
+                    None => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}].content"),
+                            "'content' is required.",
+                        ));
+                    }
+                    Some(MessageContent::Text(text)) => text.clone(),
+                    Some(MessageContent::Parts(parts)) => {
+                        let mut text = String::new();
+                        for (j, part) in parts.iter().enumerate() {
+                            match (part.kind.as_str(), &part.text) {
+                                ("text", Some(part_text)) => text.push_str(part_text),
+                                _ => {
+                                    return Err(ApiError::invalid(
+                                        format!("messages[{i}].content[{j}]"),
+                                        "Only content parts of type 'text' with a 'text' field are supported.",
+                                    ));
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                // Templates written for OpenAI's roles rarely know `developer`.
+                let role = if message.role == "developer" { "system" } else { &message.role };
+                Ok(ChatMessage {
+                    role: role.to_owned(),
+                    content,
+                })
+            })
+            .collect()
+    }
+}
+
+impl CompletionRequest {
+    pub fn prompt_text(&self) -> Result<&str, ApiError> {
+        let prompt = match &self.prompt {
+            None => return Err(ApiError::invalid("prompt", "'prompt' is required.")),
+            Some(OneOrMany::One(prompt)) => prompt.as_str(),
+            Some(OneOrMany::Many(prompts)) if prompts.len() == 1 => prompts[0].as_str(),
+            Some(OneOrMany::Many(prompts)) => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!(
+                        "Exactly one prompt per request is supported, got {}.",
+                        prompts.len()
+                    ),
+                ));
+            }
+        };
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "'prompt' must not be empty."));
+        }
+        Ok(prompt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(json: &str) -> Result<ValidatedParams, ApiError> {
+        let request: ChatCompletionRequest = parse_body(json.as_bytes())?;
+        request.chat_messages()?;
+        request
+            .common
+            .validate("m", &ServerConfig::default(), Instant::now())
+    }
+
+    fn param_of(json: &str) -> Option<String> {
+        validate(json).unwrap_err().param
+    }
+
+    #[test]
+    fn minimal_request_gets_openai_defaults() {
+        let params =
+            validate(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        assert!(!params.stream);
+        assert_eq!(params.max_tokens, None);
+        assert_eq!(params.sampling, SamplingParams::default());
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        assert_eq!(
+            param_of(
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#
+            ),
+            Some("temperature".into())
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_parameter() {
+        for (field, value) in [
+            ("temperature", "2.5"),
+            ("top_p", "0"),
+            ("presence_penalty", "-3"),
+            ("max_tokens", "0"),
+            ("n", "2"),
+            ("top_k", "-5"),
+        ] {
+            let json = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"{field}":{value}}}"#
+            );
+            assert_eq!(param_of(&json).as_deref(), Some(field), "{field}={value}");
+        }
+    }
+
+    #[test]
+    fn content_parts_are_joined_and_bad_roles_rejected() {
+        let request: ChatCompletionRequest = parse_body(
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(request.chat_messages().unwrap()[0].content, "ab");
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#),
+            Some("messages[0].role".into())
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_is_malformed_json() {
+        let err = validate(r#"{"model":"m","messages":[]} x"#).unwrap_err();
+        assert!(err.message.contains("not valid JSON"), "{}", err.message);
+    }
+}

@@ -1,0 +1,8 @@
+//! Sluice's server: the OpenAI-compatible HTTP surface over the engine.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod metrics;
+pub mod observer;
+pub mod routes;
+pub mod server;

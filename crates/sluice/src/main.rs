@@ -1,0 +1,143 @@
+//! The `sluice` command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::server::RunningServer;
+use sluice_core::config::RuntimeConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "An OpenAI-compatible streaming LLM server on llama.cpp"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a GGUF model over the OpenAI API (HTTP/1.1 and h2c on one port).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [config: server.host, default 127.0.0.1].
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one [config: server.port, default 8080].
+    #[arg(long)]
+    port: Option<u16>,
+    /// GGUF model file [config: model.path, default models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Name clients send as `model` [config: model.served_name, default the file stem].
+    #[arg(long)]
+    served_name: Option<String>,
+    /// Jinja chat template file overriding the GGUF's [config: model.chat_template].
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
+    /// YAML runtime configuration; see config/runtime.yaml for every knob.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-http")
+        .build()
+        .expect("building the tokio runtime");
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => RuntimeConfig::load(path).map_err(|err| err.to_string())?,
+        None => RuntimeConfig::default(),
+    };
+    if let Some(host) = args.host {
+        config.server.host = host;
+    }
+    if let Some(port) = args.port {
+        config.server.port = port;
+    }
+    if let Some(model) = args.model {
+        config.model.path = model;
+    }
+    if let Some(name) = args.served_name {
+        config.model.served_name = Some(name);
+    }
+    if let Some(template) = args.chat_template {
+        config.model.chat_template = Some(template);
+    }
+    config.validate().map_err(|err| err.to_string())?;
+    let chat_template = match &config.model.chat_template {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read chat template {}: {err}", path.display()))?,
+        ),
+        None => None,
+    };
+    let server = RunningServer::start(&config, chat_template)
+        .await
+        .map_err(|err| {
+            format!(
+                "cannot listen on {}:{}: {err}",
+                config.server.host, config.server.port
+            )
+        })?;
+    tracing::info!(
+        addr = %server.local_addr,
+        model = %config.model.path.display(),
+        served_name = %config.model.served_name(),
+        "listening (HTTP/1.1 and h2c)"
+    );
+    let engine = server.engine().clone();
+    let load_failure = async move {
+        match engine.wait_ready().await {
+            Ok(_) => std::future::pending().await,
+            Err(err) => err,
+        }
+    };
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        err = load_failure => Err(err.to_string()),
+    };
+    server.shutdown();
+    server
+        .wait()
+        .await
+        .map_err(|err| format!("server error: {err}"))?;
+    outcome
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

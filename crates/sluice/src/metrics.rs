@@ -1,0 +1,184 @@
+//! Prometheus metrics, named as vLLM names them (`sluice:` prefix).
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sluice_engine::EngineStats;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub e2e_request_latency: Histogram,
+    pub request_queue_time: Histogram,
+    pub prompt_tokens: Counter,
+    pub generation_tokens: Counter,
+    pub requests_finished: Family<Labels, Counter>,
+    running: Gauge,
+    waiting: Gauge,
+    parked: Gauge,
+    kv_tokens_in_use: Gauge,
+    engine_steps: Counter,
+    engine_cancellations: Counter,
+    /// Serialises scrapes: engine totals are copied into counters by delta.
+    scrape: Mutex<()>,
+}
+
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
+];
+const ITL_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+const E2E_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let histogram = |buckets: &[f64]| Histogram::new(buckets.iter().copied());
+        let metrics = Self {
+            time_to_first_token: histogram(&LATENCY_BUCKETS),
+            inter_token_latency: histogram(&ITL_BUCKETS),
+            e2e_request_latency: histogram(&E2E_BUCKETS),
+            request_queue_time: histogram(&LATENCY_BUCKETS),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            requests_finished: Family::default(),
+            running: Gauge::default(),
+            waiting: Gauge::default(),
+            parked: Gauge::default(),
+            kv_tokens_in_use: Gauge::default(),
+            engine_steps: Counter::default(),
+            engine_cancellations: Counter::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sluice:time_to_first_token_seconds",
+            "Time from request arrival to the first token written",
+            metrics.time_to_first_token.clone(),
+        );
+        registry.register(
+            "sluice:inter_token_latency_seconds",
+            "Gap between consecutive token writes of one stream",
+            metrics.inter_token_latency.clone(),
+        );
+        registry.register(
+            "sluice:e2e_request_latency_seconds",
+            "Time from request arrival to its last byte",
+            metrics.e2e_request_latency.clone(),
+        );
+        registry.register(
+            "sluice:request_queue_time_seconds",
+            "Time a request waited for an engine sequence",
+            metrics.request_queue_time.clone(),
+        );
+        registry.register(
+            "sluice:prompt_tokens",
+            "Prompt tokens of finished requests",
+            metrics.prompt_tokens.clone(),
+        );
+        registry.register(
+            "sluice:generation_tokens",
+            "Generated tokens of finished requests",
+            metrics.generation_tokens.clone(),
+        );
+        registry.register(
+            "sluice:request_finished",
+            "Requests that ended, by how they ended",
+            metrics.requests_finished.clone(),
+        );
+        registry.register(
+            "sluice:num_requests_running",
+            "Sequences in the engine's running batch",
+            metrics.running.clone(),
+        );
+        registry.register(
+            "sluice:num_requests_waiting",
+            "Requests waiting for an engine sequence",
+            metrics.waiting.clone(),
+        );
+        registry.register(
+            "sluice:num_requests_parked",
+            "Running sequences skipped because their client is not reading",
+            metrics.parked.clone(),
+        );
+        registry.register(
+            "sluice:kv_tokens_in_use",
+            "KV cache cells held by running sequences",
+            metrics.kv_tokens_in_use.clone(),
+        );
+        registry.register(
+            "sluice:engine_steps",
+            "Engine batch steps run",
+            metrics.engine_steps.clone(),
+        );
+        registry.register(
+            "sluice:engine_cancellations",
+            "Sequences freed because their client went away",
+            metrics.engine_cancellations.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn observe_ttft(&self, ttft: Duration) {
+        self.time_to_first_token.observe(ttft.as_secs_f64());
+    }
+
+    pub fn count_finished(&self, outcome: &'static str) {
+        self.requests_finished
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    /// Prometheus text exposition, with the engine's live counters.
+    pub fn render(&self, engine: &EngineStats) -> String {
+        let _serial = self
+            .scrape
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.running
+            .set(engine.running.load(Ordering::Relaxed) as i64);
+        self.waiting
+            .set(engine.waiting.load(Ordering::Relaxed) as i64);
+        self.parked
+            .set(engine.parked.load(Ordering::Relaxed) as i64);
+        self.kv_tokens_in_use
+            .set(engine.kv_tokens_in_use.load(Ordering::Relaxed) as i64);
+        advance_to(
+            &self.engine_steps,
+            engine.steps_total.load(Ordering::Relaxed),
+        );
+        advance_to(
+            &self.engine_cancellations,
+            engine.cancelled_total.load(Ordering::Relaxed),
+        );
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+fn advance_to(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}

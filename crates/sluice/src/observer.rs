@@ -1,0 +1,105 @@
+//! Per-request accounting: latency histograms as tokens are written, and one
+//! log line when the request ends, however it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_engine::{EngineTimings, FinishReason, Usage};
+
+use crate::api::sse::Endpoint;
+use crate::metrics::Metrics;
+
+pub struct RequestObserver {
+    metrics: Arc<Metrics>,
+    id: String,
+    endpoint: Endpoint,
+    arrived_at: Instant,
+    prompt_tokens: usize,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+    completion_tokens: u32,
+    queue_time: Option<Duration>,
+    /// How the request ended; `None` until it has.
+    outcome: Option<&'static str>,
+}
+
+impl RequestObserver {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        id: String,
+        endpoint: Endpoint,
+        arrived_at: Instant,
+        prompt_tokens: usize,
+    ) -> Self {
+        Self {
+            metrics,
+            id,
+            endpoint,
+            arrived_at,
+            prompt_tokens,
+            first_token_at: None,
+            last_token_at: None,
+            completion_tokens: 0,
+            queue_time: None,
+            outcome: None,
+        }
+    }
+
+    pub fn token_written(&mut self, now: Instant) {
+        match self.last_token_at {
+            None => {
+                self.first_token_at = Some(now);
+                self.metrics.observe_ttft(now - self.arrived_at);
+            }
+            Some(last) => self
+                .metrics
+                .inter_token_latency
+                .observe((now - last).as_secs_f64()),
+        }
+        self.last_token_at = Some(now);
+    }
+
+    pub fn finished(&mut self, reason: FinishReason, usage: Usage, timings: EngineTimings) {
+        self.completion_tokens = usage.completion_tokens;
+        self.queue_time = Some(timings.queue);
+        self.metrics
+            .request_queue_time
+            .observe(timings.queue.as_secs_f64());
+        self.metrics
+            .prompt_tokens
+            .inc_by(u64::from(usage.prompt_tokens));
+        self.metrics
+            .generation_tokens
+            .inc_by(u64::from(usage.completion_tokens));
+        self.outcome = Some(reason.as_str());
+    }
+
+    pub fn fail(&mut self, outcome: &'static str) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for RequestObserver {
+    fn drop(&mut self) {
+        // A request dropped before it ended was abandoned by its client.
+        let outcome = self.outcome.unwrap_or("cancelled");
+        let e2e = self.arrived_at.elapsed();
+        self.metrics.e2e_request_latency.observe(e2e.as_secs_f64());
+        self.metrics.count_finished(outcome);
+        let ttft_ms = self
+            .first_token_at
+            .map(|first| (first - self.arrived_at).as_millis());
+        tracing::info!(
+            id = %self.id,
+            tenant = "default",
+            endpoint = self.endpoint.as_str(),
+            prompt_tokens = self.prompt_tokens,
+            completion_tokens = self.completion_tokens,
+            ttft_ms,
+            queue_ms = self.queue_time.map(|queue| queue.as_millis()),
+            e2e_ms = e2e.as_millis(),
+            outcome,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! Builds the router, binds the listener and runs the server until shutdown:
+//! stop accepting, let streams finish within the grace period, then cancel
+//! what is left.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use sluice_core::config::{RuntimeConfig, ServerConfig};
+use sluice_engine::{EngineHandle, EngineOptions, LoadedModel};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::error::ApiError;
+use crate::metrics::Metrics;
+use crate::routes;
+
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub served_name: String,
+    pub limits: ServerConfig,
+    pub metrics: Arc<Metrics>,
+    pub started_at_unix: u64,
+    draining: AtomicBool,
+    /// Fired when the shutdown grace period ends: open streams end then.
+    cancel_streams: CancellationToken,
+    request_counter: AtomicU64,
+    request_id_salt: u64,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The loaded model, or 503 while loading or draining.
+    pub fn ready_model(&self) -> Result<Arc<LoadedModel>, ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::unavailable("The server is shutting down."));
+        }
+        self.engine.model().map_err(|err| match err {
+            sluice_engine::EngineError::Loading => {
+                ApiError::unavailable("The model is still loading.")
+            }
+            other => ApiError::unavailable(other.to_string()),
+        })
+    }
+
+    pub async fn streams_cancelled(&self) {
+        self.cancel_streams.cancelled().await;
+    }
+
+    /// Unique, hard-to-guess request ids without a random-number crate.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:08x}", self.request_id_salt)
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/models", get(routes::models))
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// A server running in the background, for `main` and for tests.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Binds the configured address (port 0 picks a free one) and starts
+    /// serving at once; the model loads in the background (`/health` says 503
+    /// until it is ready).
+    pub async fn start(config: &RuntimeConfig, chat_template: Option<String>) -> io::Result<Self> {
+        let engine = EngineHandle::spawn(EngineOptions {
+            model_path: config.model.path.clone(),
+            chat_template,
+            config: config.engine.clone(),
+        });
+        let listener = TcpListener::bind((config.server.host.as_str(), config.server.port)).await?;
+        let local_addr = listener.local_addr()?;
+        let state = Arc::new(AppState {
+            engine,
+            served_name: config.model.served_name(),
+            limits: config.server.clone(),
+            metrics: Arc::new(Metrics::new()),
+            started_at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+            draining: AtomicBool::new(false),
+            cancel_streams: CancellationToken::new(),
+            request_counter: AtomicU64::new(0),
+            request_id_salt: {
+                use std::hash::{BuildHasher, RandomState};
+                RandomState::new().hash_one(local_addr)
+            },
+        });
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+        let task = tokio::spawn(serve(listener, Arc::clone(&state), shutdown.clone(), grace));
+        Ok(Self {
+            local_addr,
+            state,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn engine(&self) -> &EngineHandle {
+        &self.state.engine
+    }
+
+    /// Begins graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> io::Result<()> {
+        self.task
+            .await
+            .map_err(|err| io::Error::other(format!("server task failed: {err}")))?
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> io::Result<()> {
+    let app = router(Arc::clone(&state));
+    let drain = async move {
+        shutdown.cancelled().await;
+        state.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: draining streams"
+        );
+        let cancel = state.cancel_streams.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("grace period over: cancelling remaining streams");
+            cancel.cancel();
+        });
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(drain)
+        .await
+}
