@@ -14,7 +14,7 @@ use serde_json::json;
 use sluice_engine::{EngineError, EngineStatus, GenerationRequest, GenerationStream, StreamEvent};
 
 use crate::api::error::ApiError;
-use crate::api::openai::{ChatCompletionRequest, CompletionRequest, ValidatedParams, parse_body};
+use crate::api::openai::{ChatCompletionRequest, CompletionRequest, ValidatedParams};
 use crate::api::sse::{ChunkFramer, Endpoint, usage_json};
 use crate::observer::RequestObserver;
 use crate::server::AppState;
@@ -38,7 +38,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let arrived_at = Instant::now();
     let body = body_bytes(body, state.limits.max_body_bytes)?;
-    let request: ChatCompletionRequest = parse_body(&body)?;
+    let request = ChatCompletionRequest::parse(&body)?;
     let messages = request.chat_messages()?;
     let params = request
         .common
@@ -57,7 +57,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let arrived_at = Instant::now();
     let body = body_bytes(body, state.limits.max_body_bytes)?;
-    let request: CompletionRequest = parse_body(&body)?;
+    let request = CompletionRequest::parse(&body)?;
     let prompt = request.prompt_text()?.to_owned();
     let params = request
         .common

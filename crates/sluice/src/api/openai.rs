@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sluice_core::config::ServerConfig;
 use sluice_engine::{ChatMessage, SamplingParams};
@@ -51,10 +50,16 @@ pub struct CommonParams {
     pub response_format: Option<Value>,
 }
 
+/// Chat-only fields; the shared ones are read separately into
+/// [`CommonParams`] (serde's `flatten` would lose the path of a bad field).
 #[derive(Debug, Deserialize)]
+struct ChatFields {
+    messages: Vec<RawMessage>,
+}
+
+#[derive(Debug)]
 pub struct ChatCompletionRequest {
     pub messages: Vec<RawMessage>,
-    #[serde(flatten)]
     pub common: CommonParams,
 }
 
@@ -79,9 +84,13 @@ pub struct ContentPart {
 }
 
 #[derive(Debug, Deserialize)]
+struct CompletionFields {
+    prompt: Option<OneOrMany>,
+}
+
+#[derive(Debug)]
 pub struct CompletionRequest {
     pub prompt: Option<OneOrMany>,
-    #[serde(flatten)]
     pub common: CommonParams,
 }
 
@@ -97,25 +106,46 @@ pub struct ValidatedParams {
     pub arrived_at: Instant,
 }
 
-/// Parses a JSON body; the error names the field at fault.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
-    let value = parsed.map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(format!("The request body is not valid JSON: {inner}"))
-        } else if path == "." {
-            ApiError::bad_request(format!("The request body is invalid: {inner}"))
-        } else {
-            ApiError::invalid(path.clone(), format!("Invalid value for '{path}': {inner}"))
-        }
-    })?;
-    deserializer.end().map_err(|err| {
+/// Parses a request body into a JSON object.
+pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
         ApiError::bad_request(format!("The request body is not valid JSON: {err}"))
     })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object.",
+        ));
+    }
     Ok(value)
+}
+
+/// Reads typed fields out of a parsed body; the error names the field at fault.
+pub fn from_value<'de, T: Deserialize<'de>>(value: &'de Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.into_inner().to_string();
+        if let Some(field) = missing_field(&message) {
+            let param = if path == "." {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+            ApiError::invalid(param.clone(), format!("'{param}' is required."))
+        } else if path == "." {
+            ApiError::bad_request(format!("The request body is invalid: {message}"))
+        } else {
+            ApiError::invalid(
+                path.clone(),
+                format!("Invalid value for '{path}': {message}"),
+            )
+        }
+    })
+}
+
+/// serde reports a missing field only in its message: "missing field `x`".
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
 }
 
 fn check_range(param: &str, value: Option<f32>, min: f32, max: f32) -> Result<(), ApiError> {
@@ -282,6 +312,13 @@ impl CommonParams {
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 impl ChatCompletionRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value = parse_json(body)?;
+        let common = from_value(&value)?;
+        let ChatFields { messages } = from_value(&value)?;
+        Ok(Self { messages, common })
+    }
+
     pub fn chat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
@@ -339,6 +376,13 @@ impl ChatCompletionRequest {
 }
 
 impl CompletionRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value = parse_json(body)?;
+        let common = from_value(&value)?;
+        let CompletionFields { prompt } = from_value(&value)?;
+        Ok(Self { prompt, common })
+    }
+
     pub fn prompt_text(&self) -> Result<&str, ApiError> {
         let prompt = match &self.prompt {
             None => return Err(ApiError::invalid("prompt", "'prompt' is required.")),
@@ -366,7 +410,7 @@ mod tests {
     use super::*;
 
     fn validate(json: &str) -> Result<ValidatedParams, ApiError> {
-        let request: ChatCompletionRequest = parse_body(json.as_bytes())?;
+        let request = ChatCompletionRequest::parse(json.as_bytes())?;
         request.chat_messages()?;
         request
             .common
@@ -415,7 +459,7 @@ mod tests {
 
     #[test]
     fn content_parts_are_joined_and_bad_roles_rejected() {
-        let request: ChatCompletionRequest = parse_body(
+        let request = ChatCompletionRequest::parse(
             br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
         )
         .unwrap();

@@ -1,0 +1,24 @@
+# Sluice's entry points. `make serve` and `make test` work on a new
+# Debian/Ubuntu machine: both run scripts/setup.sh first.
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: setup serve test lint bench-foundation
+
+setup:
+	scripts/setup.sh
+
+## Build and start the server on the default model (127.0.0.1:8080).
+serve: setup
+	$(CARGO) run --release -p sluice -- serve $(ARGS)
+
+## The whole test suite: formatting, lints, unit and integration tests.
+test:
+	scripts/setup.sh --test
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) test --release --workspace
+
+## HTTP vs raw-engine throughput at 1, 8 and 32 streams (issue: foundation).
+bench-foundation: setup
+	benchmarks/foundation/run.sh
