@@ -41,6 +41,9 @@ pub struct GenerationRequest {
     pub max_tokens: u32,
     /// Generation stops before any of these strings; they are never emitted.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (benchmarks want fixed
+    /// output lengths).
+    pub ignore_eos: bool,
     /// When the request arrived, for queue-time accounting.
     pub arrived_at: Instant,
 }

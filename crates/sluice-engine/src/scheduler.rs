@@ -53,6 +53,7 @@ struct Sequence {
     stop: StopMatcher,
     generated: u32,
     max_tokens: u32,
+    ignore_eos: bool,
     pending_token_ids: Vec<i32>,
     events: Sender<StreamEvent>,
     /// Events the client's channel had no room for; while non-empty the
@@ -296,6 +297,7 @@ impl Scheduler {
             stop: StopMatcher::new(request.stop),
             generated: 0,
             max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
             pending_token_ids: Vec::new(),
             events,
             undelivered: VecDeque::new(),
@@ -403,7 +405,7 @@ impl Scheduler {
             .expect("accepting for a live slot");
         seq.generated += 1;
         seq.first_token_at.get_or_insert(now);
-        if vocab.is_eog(token) {
+        if vocab.is_eog(token) && !seq.ignore_eos {
             return Some(FinishReason::Stop);
         }
         self.piece.clear();

@@ -97,6 +97,7 @@ async fn generate(
             sampling: params.sampling,
             max_tokens,
             stop: params.stop,
+            ignore_eos: params.ignore_eos,
             arrived_at: params.arrived_at,
         })
         .map_err(engine_error)?;

@@ -42,6 +42,9 @@ pub struct CommonParams {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub stop: Option<OneOrMany>,
+    /// vLLM's extension: generate past end-of-generation tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
     pub n: Option<i64>,
     pub logprobs: Option<Value>,
     pub best_of: Option<i64>,
@@ -102,6 +105,7 @@ pub struct ValidatedParams {
     /// None: generate until the sequence's context is full.
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    pub ignore_eos: bool,
     pub sampling: SamplingParams,
     pub arrived_at: Instant,
 }
@@ -292,6 +296,7 @@ impl CommonParams {
                 .is_some_and(|o| o.include_usage),
             max_tokens,
             stop,
+            ignore_eos: self.ignore_eos,
             sampling: SamplingParams {
                 temperature: self.temperature.unwrap_or(defaults.temperature),
                 top_p: self.top_p.unwrap_or(defaults.top_p),

@@ -1,0 +1,482 @@
+//! The `sluice-bench` command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sluice_bench::client::{HttpClient, Transport};
+use sluice_bench::environment::{self, Machine};
+use sluice_bench::load::{self, LoadShape, RunOutput, RunPlan};
+use sluice_bench::record::RequestRecord;
+use sluice_bench::report::{self, RunContext, RunSummary};
+use sluice_bench::stats::Slo;
+use sluice_bench::workload::{self, Api, Prompt, PromptSpec, SharedPrefix};
+use sluice_core::config::RuntimeConfig;
+use sluice_engine::{EngineHandle, EngineOptions, GenerationRequest, SamplingParams, StreamEvent};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-bench",
+    version,
+    about = "Streaming load generator for OpenAI-compatible servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive an OpenAI-compatible server over HTTP and report TTFT, ITL,
+    /// throughput, rejections, bytes and CPU.
+    Run(RunArgs),
+    /// Drive Sluice's engine in-process (no HTTP) with the same workload, as
+    /// the ceiling HTTP serving is measured against.
+    Engine(EngineArgs),
+}
+
+#[derive(Args, Clone)]
+struct WorkloadArgs {
+    /// Closed loop with this many concurrent streams.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["rate", "steps"])]
+    concurrency: usize,
+    /// Open loop: Poisson arrivals per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most requests in flight in open-loop mode.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Step profile, concurrency@seconds: e.g. 10@0,75@60,5@120.
+    #[arg(long)]
+    steps: Option<String>,
+    /// Requests to send (warm-up included).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Seconds to keep sending.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Requests sent in the first seconds are left out of the summary.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Mean prompt length in words (~tokens), before the chat template.
+    #[arg(long, default_value_t = 115)]
+    prompt_words: usize,
+    /// Prompt lengths are uniform in mean ± spread.
+    #[arg(long, default_value_t = 20)]
+    prompt_spread: usize,
+    /// Prompts from JSONL ({"user": ..., "system": ...} or {"prompt": ...}).
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Words in a system prompt shared by a fraction of requests.
+    #[arg(long)]
+    shared_prefix_words: Option<usize>,
+    /// Fraction of requests that carry the shared system prompt.
+    #[arg(long, default_value_t = 0.8)]
+    shared_prefix_fraction: f64,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Generate max_tokens even past end-of-sequence (fixed output lengths).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Seeds prompts, arrivals and per-request sampling seeds.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Goodput SLOs, e.g. ttft=900ms,itl=200ms,e2e=30s.
+    #[arg(long)]
+    slo: Option<String>,
+    /// Name of this run in reports and file names.
+    #[arg(long, default_value = "run")]
+    name: String,
+    /// Folder for NAME.json and NAME.svg.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Model name to send; asked from /v1/models when omitted.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, value_enum, default_value_t = Api::Chat)]
+    api: Api,
+    /// h1 (keep-alive pool), h1-new (new connection per request) or h2c.
+    #[arg(long, default_value = "h1")]
+    transport: String,
+    /// Connections in the h2c pool.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Server process id: its CPU seconds per request and token are reported.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// GGUF model file.
+    #[arg(long, default_value = sluice_core::config::DEFAULT_MODEL_PATH)]
+    model: PathBuf,
+    /// Runtime configuration whose engine section to use.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    name: &'a str,
+    command: String,
+    commit: String,
+    machine: Machine,
+    timestamp: String,
+    target: Value,
+    workload: Value,
+    plan: &'a RunPlan,
+    summary: &'a RunSummary,
+    timeline: &'a [load::TimelinePoint],
+    requests: &'a [RequestRecord],
+}
+
+impl WorkloadArgs {
+    fn plan(&self) -> Result<RunPlan, String> {
+        let shape = match (&self.steps, self.rate) {
+            (Some(steps), _) => LoadShape::parse_steps(steps)?,
+            (None, Some(rate)) if rate > 0.0 => LoadShape::Poisson {
+                rate,
+                max_in_flight: self.max_in_flight,
+            },
+            (None, Some(_)) => return Err("--rate must be positive".into()),
+            (None, None) => LoadShape::Closed {
+                concurrency: self.concurrency.max(1),
+            },
+        };
+        if self.requests.is_none() && self.duration.is_none() {
+            return Err("give --requests or --duration".into());
+        }
+        Ok(RunPlan {
+            shape,
+            duration_seconds: self.duration,
+            requests: self.requests,
+            warmup_seconds: self.warmup,
+            seed: self.seed,
+        })
+    }
+
+    fn prompts(&self) -> Result<Vec<Prompt>, String> {
+        match &self.prompt_file {
+            Some(path) => workload::read_jsonl(path),
+            None => Ok(workload::generate(
+                &PromptSpec {
+                    mean_words: self.prompt_words,
+                    spread_words: self.prompt_spread,
+                    shared_prefix: self.shared_prefix_words.map(|words| SharedPrefix {
+                        words,
+                        fraction: self.shared_prefix_fraction,
+                    }),
+                    seed: self.seed,
+                },
+                1024,
+            )),
+        }
+    }
+
+    fn slo(&self) -> Result<Slo, String> {
+        self.slo.as_deref().map_or(Ok(Slo::default()), Slo::parse)
+    }
+
+    fn describe(&self) -> Value {
+        json!({
+            "prompt_words": self.prompt_words,
+            "prompt_spread": self.prompt_spread,
+            "prompt_file": self.prompt_file,
+            "shared_prefix_words": self.shared_prefix_words,
+            "shared_prefix_fraction": self.shared_prefix_fraction,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "ignore_eos": self.ignore_eos,
+            "seed": self.seed,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run_http(args).await,
+            Command::Engine(args) => run_engine(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sluice-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn request_body(
+    api: Api,
+    model: &str,
+    prompt: &Prompt,
+    workload: &WorkloadArgs,
+    index: usize,
+) -> Bytes {
+    let mut body = json!({
+        "model": model,
+        "max_tokens": workload.max_tokens,
+        "temperature": workload.temperature,
+        "seed": workload.seed.wrapping_add(index as u64),
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if workload.ignore_eos {
+        body["ignore_eos"] = json!(true);
+    }
+    match api {
+        Api::Chat => {
+            let mut messages = Vec::new();
+            if let Some(system) = &prompt.system {
+                messages.push(json!({"role": "system", "content": system}));
+            }
+            messages.push(json!({"role": "user", "content": prompt.user}));
+            body["messages"] = Value::Array(messages);
+        }
+        Api::Completions => body["prompt"] = json!(prompt.as_text()),
+    }
+    Bytes::from(body.to_string())
+}
+
+async fn fetch_model_name(url: &str) -> Result<String, String> {
+    let (host, port) = sluice_bench::client::parse_base_url(url)?;
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|err| format!("cannot reach {url}: {err}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|err| err.to_string())?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/v1/models")
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("static request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| err.to_string())?;
+    use http_body_util::BodyExt;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| err.to_string())?
+        .to_bytes();
+    let models: Value =
+        serde_json::from_slice(&body).map_err(|err| format!("/v1/models: {err}"))?;
+    models["data"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "/v1/models lists no model; pass --model".into())
+}
+
+async fn run_http(args: RunArgs) -> Result<(), String> {
+    let plan = args.workload.plan()?;
+    let slo = args.workload.slo()?;
+    let prompts = Arc::new(args.workload.prompts()?);
+    let model = match &args.model {
+        Some(model) => model.clone(),
+        None => fetch_model_name(&args.url).await?,
+    };
+    let transport = Transport::parse(&args.transport, args.connections)?;
+    let client = Arc::new(HttpClient::new(&args.url, transport)?);
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..prompts.len())
+            .map(|i| request_body(args.api, &model, &prompts[i], &args.workload, i))
+            .collect(),
+    );
+    let server_pid = args.server_pid.map(|pid| pid.to_string());
+    let server_cpu_before = server_pid.as_deref().and_then(environment::cpu_seconds);
+    let client_cpu_before = environment::cpu_seconds("self").unwrap_or(0.0);
+    let path = args.api.path();
+    let output = {
+        let client = Arc::clone(&client);
+        load::drive(&plan, move |index, mut record| {
+            let client = Arc::clone(&client);
+            let body = bodies[index % bodies.len()].clone();
+            async move {
+                client.run_request(path, body, &mut record).await;
+                record
+            }
+        })
+        .await
+    };
+    let server_cpu = match (
+        server_pid.as_deref().and_then(environment::cpu_seconds),
+        server_cpu_before,
+    ) {
+        (Some(after), Some(before)) => Some(after - before),
+        _ => None,
+    };
+    let context = RunContext {
+        warmup_seconds: plan.warmup_seconds,
+        slo,
+        wire_bytes_read: client.wire.read.load(Ordering::Relaxed),
+        wire_bytes_written: client.wire.written.load(Ordering::Relaxed),
+        connections_opened: client.wire.connections.load(Ordering::Relaxed),
+        server_cpu_seconds: server_cpu,
+        client_cpu_seconds: environment::cpu_seconds("self").unwrap_or(0.0) - client_cpu_before,
+    };
+    let target = json!({
+        "kind": "http",
+        "url": args.url,
+        "model": model,
+        "api": args.api,
+        "transport": transport,
+    });
+    finish(&args.workload, &plan, target, output, &context)
+}
+
+async fn run_engine(args: EngineArgs) -> Result<(), String> {
+    let plan = args.workload.plan()?;
+    let slo = args.workload.slo()?;
+    let config = match &args.config {
+        Some(path) => RuntimeConfig::load(path).map_err(|err| err.to_string())?,
+        None => RuntimeConfig::default(),
+    };
+    let engine = EngineHandle::spawn(EngineOptions {
+        model_path: args.model.clone(),
+        chat_template: None,
+        config: config.engine.clone(),
+    });
+    let model = engine.wait_ready().await.map_err(|err| err.to_string())?;
+    let prompts: Arc<Vec<Vec<i32>>> = Arc::new(
+        args.workload
+            .prompts()?
+            .iter()
+            .map(|prompt| model.tokenize(&prompt.as_text(), true))
+            .collect(),
+    );
+    let client_cpu_before = environment::cpu_seconds("self").unwrap_or(0.0);
+    let workload = args.workload.clone();
+    let output = load::drive(&plan, move |index, mut record| {
+        let engine = engine.clone();
+        let prompt = prompts[index % prompts.len()].clone();
+        let sampling = SamplingParams {
+            temperature: workload.temperature,
+            seed: Some(workload.seed.wrapping_add(index as u64)),
+            ..SamplingParams::default()
+        };
+        let max_tokens = workload.max_tokens;
+        let ignore_eos = workload.ignore_eos;
+        async move {
+            let started = Instant::now();
+            let request = GenerationRequest {
+                prompt_tokens: prompt,
+                sampling,
+                max_tokens,
+                stop: Vec::new(),
+                ignore_eos,
+                arrived_at: started,
+            };
+            let mut stream = match engine.submit(request) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    record.status = 503;
+                    record.fail(err.to_string(), started.elapsed().as_secs_f64());
+                    return record;
+                }
+            };
+            record.status = 200;
+            while let Some(event) = stream.next().await {
+                let now = started.elapsed().as_secs_f64();
+                match event {
+                    StreamEvent::Token { .. } => record.on_token(now),
+                    StreamEvent::Finished { usage, .. } => {
+                        record.usage_prompt_tokens = Some(u64::from(usage.prompt_tokens));
+                        record.usage_completion_tokens = Some(u64::from(usage.completion_tokens));
+                        record.done = true;
+                    }
+                    StreamEvent::Error { message } => record.error = Some(message),
+                }
+            }
+            record.e2e_seconds = started.elapsed().as_secs_f64();
+            record
+        }
+    })
+    .await;
+    let own_cpu = environment::cpu_seconds("self").unwrap_or(0.0) - client_cpu_before;
+    let context = RunContext {
+        warmup_seconds: plan.warmup_seconds,
+        slo,
+        wire_bytes_read: 0,
+        wire_bytes_written: 0,
+        connections_opened: 0,
+        // The engine runs in this process: its CPU is the "server" CPU.
+        server_cpu_seconds: Some(own_cpu),
+        client_cpu_seconds: own_cpu,
+    };
+    let target = json!({
+        "kind": "engine",
+        "model_path": args.model,
+        "engine": config.engine,
+    });
+    finish(&args.workload, &plan, target, output, &context)
+}
+
+fn finish(
+    workload: &WorkloadArgs,
+    plan: &RunPlan,
+    target: Value,
+    output: RunOutput,
+    context: &RunContext,
+) -> Result<(), String> {
+    let summary = report::summarize(&output, context);
+    report::print_table(&workload.name, &summary);
+    let Some(out) = &workload.out else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(out)
+        .map_err(|err| format!("cannot create {}: {err}", out.display()))?;
+    let report = Report {
+        name: &workload.name,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        commit: environment::commit(),
+        machine: environment::machine(),
+        timestamp: environment::utc_timestamp(environment::unix_now()),
+        target,
+        workload: workload.describe(),
+        plan,
+        summary: &summary,
+        timeline: &output.timeline,
+        requests: &output.records,
+    };
+    let json_path = out.join(format!("{}.json", workload.name));
+    let text = serde_json::to_string_pretty(&report).expect("reports serialize");
+    std::fs::write(&json_path, text)
+        .map_err(|err| format!("cannot write {}: {err}", json_path.display()))?;
+    let svg_path = out.join(format!("{}.svg", workload.name));
+    report::write_svg(&svg_path, &workload.name, &output.records, &output.timeline)
+        .map_err(|err| format!("cannot write {}: {err}", svg_path.display()))?;
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! What one request looked like from the client.
+
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestRecord {
+    pub index: usize,
+    /// Seconds from the start of the run until the request was sent.
+    pub start_seconds: f64,
+    /// Sent during warm-up: kept in the JSON, left out of the summary.
+    pub warmup: bool,
+    pub status: u16,
+    pub ttft_seconds: Option<f64>,
+    /// Every gap between consecutive chunks that carried text.
+    pub itl_seconds: Vec<f64>,
+    pub e2e_seconds: f64,
+    /// Chunks that carried text.
+    pub content_chunks: u64,
+    pub usage_prompt_tokens: Option<u64>,
+    pub usage_completion_tokens: Option<u64>,
+    /// Response body bytes (SSE payloads and framing).
+    pub body_bytes: u64,
+    /// Set when this request opened the connection it used.
+    pub connect_seconds: Option<f64>,
+    pub retry_after_seconds: Option<f64>,
+    pub error: Option<String>,
+    /// The stream ended with `[DONE]`.
+    pub done: bool,
+    #[serde(skip)]
+    last_token_seconds: Option<f64>,
+}
+
+impl RequestRecord {
+    pub fn new(index: usize, start_seconds: f64, warmup: bool) -> Self {
+        Self {
+            index,
+            start_seconds,
+            warmup,
+            ..Self::default()
+        }
+    }
+
+    pub fn fail(&mut self, error: String, elapsed: f64) {
+        self.error = Some(error);
+        self.e2e_seconds = elapsed;
+    }
+
+    /// A text-bearing chunk arrived `now` seconds after the request was sent.
+    pub fn on_token(&mut self, now: f64) {
+        match self.last_token_seconds {
+            None => self.ttft_seconds = Some(now),
+            Some(last) => self.itl_seconds.push(now - last),
+        }
+        self.last_token_seconds = Some(now);
+        self.content_chunks += 1;
+    }
+
+    /// Reads one SSE payload of an OpenAI stream.
+    pub fn on_sse_event(&mut self, payload: &str, now: f64) {
+        if payload == "[DONE]" {
+            self.done = true;
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(payload) else {
+            self.error = Some(format!("chunk is not JSON: {payload}"));
+            return;
+        };
+        if let Some(message) = chunk["error"]["message"].as_str() {
+            self.error = Some(format!("stream error: {message}"));
+            return;
+        }
+        if let Some(choice) = chunk["choices"].get(0) {
+            let text = choice["delta"]["content"]
+                .as_str()
+                .or_else(|| choice["text"].as_str())
+                .unwrap_or_default();
+            if !text.is_empty() {
+                self.on_token(now);
+            }
+        }
+        if let Some(usage) = chunk.get("usage").filter(|usage| usage.is_object()) {
+            self.usage_prompt_tokens = usage["prompt_tokens"].as_u64();
+            self.usage_completion_tokens = usage["completion_tokens"].as_u64();
+        }
+    }
+
+    /// Output tokens: the server's usage when it gave one, else chunks seen.
+    pub fn output_tokens(&self) -> u64 {
+        self.usage_completion_tokens.unwrap_or(self.content_chunks)
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == 200 && self.error.is_none() && self.done
+    }
+
+    /// Turned away for load (429, 503) rather than failed.
+    pub fn rejected(&self) -> bool {
+        matches!(self.status, 429 | 503)
+    }
+
+    /// Mean gap between tokens of this request (time per output token).
+    pub fn mean_itl(&self) -> Option<f64> {
+        (!self.itl_seconds.is_empty())
+            .then(|| self.itl_seconds.iter().sum::<f64>() / self.itl_seconds.len() as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_events_fill_the_record() {
+        let mut record = RequestRecord::new(0, 0.0, false);
+        record.status = 200;
+        record.on_sse_event(
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            0.1,
+        );
+        assert_eq!(record.ttft_seconds, None, "the role chunk is not a token");
+        record.on_sse_event(r#"{"choices":[{"delta":{"content":"a"}}]}"#, 0.5);
+        record.on_sse_event(r#"{"choices":[{"text":"b"}]}"#, 0.75);
+        record.on_sse_event(
+            r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#,
+            0.8,
+        );
+        assert!(!record.succeeded(), "not done before [DONE]");
+        record.on_sse_event("[DONE]", 0.8);
+        assert!(record.succeeded());
+        assert_eq!(record.ttft_seconds, Some(0.5));
+        assert_eq!(record.itl_seconds, vec![0.25]);
+        assert_eq!(record.output_tokens(), 3);
+        assert_eq!(record.content_chunks, 2);
+    }
+
+    #[test]
+    fn error_payloads_fail_the_request() {
+        let mut record = RequestRecord::new(0, 0.0, false);
+        record.status = 200;
+        record.on_sse_event(r#"{"error":{"message":"boom"}}"#, 0.1);
+        record.on_sse_event("[DONE]", 0.1);
+        assert!(!record.succeeded());
+        assert!(record.error.unwrap().contains("boom"));
+    }
+}
