@@ -281,3 +281,22 @@ async fn health_models_and_metrics_answer() {
         assert!(metrics.contains(name), "{name} in /metrics");
     }
 }
+
+#[tokio::test]
+async fn h2c_prior_knowledge_streams_on_the_same_port() {
+    let _shared = ENGINE_EXCLUSIVE.read().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("{}/v1/chat/completions", server().base))
+        .json(&chat("Hello!", json!({"stream": true, "max_tokens": 6})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let stream = parse_stream(&response.text().await.unwrap());
+    assert!(stream.finish_reason.is_some());
+}

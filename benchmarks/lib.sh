@@ -1,0 +1,47 @@
+# Shared helpers for the benchmark scripts: build, start and stop a Sluice
+# server, and name result folders <date>-<commit>-<suite>.
+# shellcheck shell=bash
+
+BENCH=target/release/sluice-bench
+SLUICE=target/release/sluice
+
+build_release() {
+  cargo build --release -p sluice -p sluice-bench
+}
+
+result_dir() {
+  local suite=$1
+  local dir
+  dir="benchmarks/results/$(date -u +%Y-%m-%d)-$(git rev-parse --short=12 HEAD)-$suite"
+  mkdir -p "$dir"
+  echo "$dir"
+}
+
+# start_server PORT LOG [sluice serve flags...]: sets SERVER_PID, waits for /health.
+start_server() {
+  local port=$1 log=$2
+  shift 2
+  "$SLUICE" serve --port "$port" "$@" >"$log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 240); do
+    if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+      return 0
+    fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "server exited; see $log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "server did not become healthy; see $log" >&2
+  return 1
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+
+machine_line() {
+  echo "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
+}

@@ -1,0 +1,315 @@
+//! The admission limit controller: a PID on the normalised latency error that
+//! sets how many streams may run at once.
+//!
+//! Error: `e = (measured - target) / target` for TTFT p95 and inter-token
+//! p95, the worse of the two, clamped to `[-1, MAX_ERROR]`. Positive means
+//! too slow. The controller's output is *pressure* `u` in `[0, 1]`; the limit
+//! is `max_streams - u * (max_streams - min_streams)`, so with no pressure
+//! the limit sits at its baseline, `max_streams`.
+//!
+//! Why this shape:
+//! - Normalising makes the gains independent of the targets' units and
+//!   sizes: a PID on raw milliseconds saturates at once and acts as an on/off
+//!   switch.
+//! - The derivative acts on the measurement, not on the error, so changing a
+//!   target at run time does not kick the output.
+//! - Anti-windup: the integral is clamped so `ki * integral` stays in
+//!   `[0, 1]` and is not accumulated while the output is saturated in the
+//!   error's direction; after load drops it drains within a few seconds.
+//! - The limit moves at most `max_step` streams per tick, which rules out
+//!   chatter on noisy windows.
+//! - With nothing queued and fresh measurements missing, the error is -1:
+//!   an idle server relaxes to its baseline.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest normalised error fed to the PID: a 4× miss is "very late"; larger
+/// misses must not wind the integral further.
+pub const MAX_ERROR: f64 = 3.0;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernorConfig {
+    /// Adaptive limits on (true) or a fixed limit of `max_streams` (false).
+    pub enabled: bool,
+    /// Controller period.
+    pub tick_ms: u64,
+    /// The limit never goes below this.
+    pub min_streams: u32,
+    /// The baseline: the limit with no latency pressure.
+    pub max_streams: u32,
+    /// Target for the windowed TTFT p95.
+    pub ttft_p95_target_ms: u64,
+    /// Target for the windowed inter-token gap p95.
+    pub itl_p95_target_ms: u64,
+    /// Latency samples older than this leave the window.
+    pub window_ms: u64,
+    pub kp: f64,
+    pub ki: f64,
+    pub kd: f64,
+    /// Most streams the limit moves in one tick.
+    pub max_step: u32,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick_ms: 250,
+            min_streams: 4,
+            max_streams: 64,
+            ttft_p95_target_ms: 3000,
+            itl_p95_target_ms: 1000,
+            window_ms: 4000,
+            kp: 0.3,
+            ki: 0.4,
+            kd: 0.05,
+            max_step: 4,
+        }
+    }
+}
+
+/// What the controller sees each tick.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Signals {
+    /// Windowed TTFT p95 in seconds; None when no request started lately.
+    pub ttft_p95: Option<f64>,
+    /// Windowed inter-token gap p95 in seconds.
+    pub itl_p95: Option<f64>,
+    /// Requests waiting for admission.
+    pub queue_depth: usize,
+}
+
+/// One tick's inputs, terms and output, exported as gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Decision {
+    pub error: f64,
+    pub p: f64,
+    pub i: f64,
+    pub d: f64,
+    pub pressure: f64,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitController {
+    config: GovernorConfig,
+    integral: f64,
+    last_measurement: Option<f64>,
+    limit: u32,
+}
+
+impl LimitController {
+    pub fn new(config: GovernorConfig) -> Self {
+        let limit = config.max_streams;
+        Self {
+            config,
+            integral: 0.0,
+            last_measurement: None,
+            limit,
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    pub fn config(&self) -> &GovernorConfig {
+        &self.config
+    }
+
+    /// Normalised error: the worse of TTFT and ITL against their targets.
+    fn error(&self, signals: &Signals) -> f64 {
+        let normalised = |measured: Option<f64>, target_ms: u64| {
+            let target = target_ms as f64 / 1000.0;
+            measured.map(|m| (m - target) / target)
+        };
+        let ttft = normalised(signals.ttft_p95, self.config.ttft_p95_target_ms);
+        let itl = normalised(signals.itl_p95, self.config.itl_p95_target_ms);
+        match (ttft, itl) {
+            (None, None) => -1.0,
+            (a, b) => a.into_iter().chain(b).fold(f64::MIN, f64::max),
+        }
+        .clamp(-1.0, MAX_ERROR)
+    }
+
+    /// Advances the controller by `dt` seconds and returns its decision.
+    pub fn tick(&mut self, signals: &Signals, dt: f64) -> Decision {
+        let config = &self.config;
+        let error = if signals.queue_depth == 0 && signals.ttft_p95.is_none() {
+            -1.0
+        } else {
+            self.error(signals)
+        };
+        let derivative = match self.last_measurement {
+            Some(last) if dt > 0.0 => (error - last) / dt,
+            _ => 0.0,
+        };
+        self.last_measurement = Some(error);
+        let p = config.kp * error;
+        let d = config.kd * derivative;
+        let integral_max = if config.ki > 0.0 { 1.0 / config.ki } else { 0.0 };
+        let candidate = (self.integral + error * dt).clamp(0.0, integral_max);
+        let unsaturated = p + config.ki * candidate + d;
+        // Conditional integration: hold the integral while the output is
+        // pinned at a bound and the error pushes further into it.
+        let winding_up = (unsaturated >= 1.0 && error > 0.0) || (unsaturated <= 0.0 && error < 0.0);
+        if !winding_up {
+            self.integral = candidate;
+        }
+        let i = config.ki * self.integral;
+        let pressure = (p + i + d).clamp(0.0, 1.0);
+        let span = f64::from(config.max_streams - config.min_streams);
+        let wanted = (f64::from(config.max_streams) - pressure * span).round() as i64;
+        let step = i64::from(config.max_step);
+        let current = i64::from(self.limit);
+        let next = wanted.clamp(current - step, current + step).clamp(
+            i64::from(config.min_streams),
+            i64::from(config.max_streams),
+        );
+        self.limit = next as u32;
+        Decision {
+            error,
+            p,
+            i,
+            d,
+            pressure,
+            limit: self.limit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DT: f64 = 0.25;
+
+    /// A scripted plant: TTFT p95 grows with the streams admitted (a 2-core
+    /// CPU serving `demand` clients), with optional multiplicative noise.
+    struct Plant {
+        seconds_per_stream: f64,
+        noise: f64,
+        rng: u64,
+    }
+
+    impl Plant {
+        fn ttft(&mut self, active: u32) -> f64 {
+            self.rng = self.rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+            let factor = 1.0 + self.noise * (2.0 * unit - 1.0);
+            self.seconds_per_stream * f64::from(active) * factor
+        }
+    }
+
+    fn run(controller: &mut LimitController, plant: &mut Plant, demand: u32, ticks: usize) -> Vec<u32> {
+        (0..ticks)
+            .map(|_| {
+                let active = demand.min(controller.limit());
+                let signals = Signals {
+                    ttft_p95: Some(plant.ttft(active)),
+                    itl_p95: None,
+                    queue_depth: (demand - active) as usize,
+                };
+                controller.tick(&signals, DT).limit
+            })
+            .collect()
+    }
+
+    fn plant(noise: f64) -> Plant {
+        // 0.1 s of TTFT per running stream: the 3 s target holds 30 streams.
+        Plant {
+            seconds_per_stream: 0.1,
+            noise,
+            rng: 42,
+        }
+    }
+
+    #[test]
+    fn step_up_converges_into_the_band_without_big_overshoot() {
+        let mut controller = LimitController::new(GovernorConfig::default());
+        let limits = run(&mut controller, &mut plant(0.0), 75, 240);
+        let settled = &limits[120..];
+        // Equilibrium: the limit where TTFT meets its target (30 streams).
+        for &limit in settled {
+            assert!((24..=33).contains(&limit), "settled limit {limit}: {settled:?}");
+        }
+        // Overshoot below the equilibrium: never under 80 % of it.
+        let lowest = *limits.iter().min().unwrap();
+        assert!(f64::from(lowest) >= 0.8 * 30.0 - 1.0, "undershoot to {lowest}: {limits:?}");
+        // No sustained oscillation: the last 30 s move by at most one step.
+        let spread = settled.iter().max().unwrap() - settled.iter().min().unwrap();
+        assert!(spread <= 4, "oscillating: {settled:?}");
+    }
+
+    #[test]
+    fn step_down_returns_to_baseline_within_five_seconds() {
+        let mut controller = LimitController::new(GovernorConfig::default());
+        run(&mut controller, &mut plant(0.0), 75, 240);
+        assert!(controller.limit() < 40);
+        // Load drops to 5 clients: their TTFT is far under target.
+        let limits = run(&mut controller, &mut plant(0.0), 5, 20);
+        assert_eq!(*limits.last().unwrap(), 64, "back to baseline in 5 s: {limits:?}");
+    }
+
+    #[test]
+    fn idle_server_relaxes_to_baseline() {
+        let mut controller = LimitController::new(GovernorConfig::default());
+        run(&mut controller, &mut plant(0.0), 75, 200);
+        for _ in 0..20 {
+            controller.tick(&Signals::default(), DT);
+        }
+        assert_eq!(controller.limit(), 64);
+    }
+
+    #[test]
+    fn noisy_measurements_do_not_make_it_chatter() {
+        let mut controller = LimitController::new(GovernorConfig::default());
+        let limits = run(&mut controller, &mut plant(0.3), 75, 400);
+        let settled = &limits[160..];
+        let reversals = settled
+            .windows(3)
+            .filter(|w| (w[1] > w[0] && w[2] < w[1]) || (w[1] < w[0] && w[2] > w[1]))
+            .count();
+        assert!(reversals < settled.len() / 4, "{reversals} reversals: {settled:?}");
+        let spread = settled.iter().max().unwrap() - settled.iter().min().unwrap();
+        assert!(spread <= 12, "spread {spread}: {settled:?}");
+    }
+
+    #[test]
+    fn limit_moves_at_most_one_step_per_tick_and_stays_in_bounds() {
+        let mut controller = LimitController::new(GovernorConfig::default());
+        let mut last = controller.limit();
+        for tick in 0..100 {
+            let ttft = if tick % 2 == 0 { 60.0 } else { 0.0 };
+            let decision = controller.tick(
+                &Signals {
+                    ttft_p95: Some(ttft),
+                    itl_p95: None,
+                    queue_depth: 10,
+                },
+                DT,
+            );
+            assert!(decision.limit.abs_diff(last) <= 4);
+            assert!((4..=64).contains(&decision.limit));
+            last = decision.limit;
+        }
+    }
+
+    #[test]
+    fn error_is_the_worse_signal_and_positive_when_slow() {
+        let controller = LimitController::new(GovernorConfig::default());
+        let slow_itl = Signals {
+            ttft_p95: Some(1.5),
+            itl_p95: Some(2.0),
+            queue_depth: 0,
+        };
+        assert_eq!(controller.error(&slow_itl), 1.0);
+        let fast = Signals {
+            ttft_p95: Some(1.5),
+            itl_p95: Some(0.5),
+            queue_depth: 0,
+        };
+        assert_eq!(controller.error(&fast), -0.5);
+    }
+}
