@@ -14,10 +14,11 @@
 //! - The derivative acts on the measurement, not on the error, so changing a
 //!   target at run time does not kick the output.
 //! - Anti-windup: the integral is clamped so `ki * integral` stays in
-//!   `[0, 1]` and is not accumulated while the output is saturated in the
-//!   error's direction; after load drops it drains within a few seconds.
-//! - The limit moves at most `max_step` streams per tick, which rules out
-//!   chatter on noisy windows.
+//!   `[0, 1]` and is not accumulated while the output is pinned at full
+//!   pressure; after load drops it drains within a few seconds.
+//! - The PID sees the error through a first-order filter (`ERROR_SMOOTHING`),
+//!   the limit moves at most `max_step` streams per tick and ignores changes
+//!   under `HYSTERESIS` streams: noisy windows do not make it chatter.
 //! - With nothing queued and fresh measurements missing, the error is -1:
 //!   an idle server relaxes to its baseline.
 
@@ -26,6 +27,13 @@ use serde::{Deserialize, Serialize};
 /// Largest normalised error fed to the PID: a 4× miss is "very late"; larger
 /// misses must not wind the integral further.
 pub const MAX_ERROR: f64 = 3.0;
+
+/// Weight of the newest error in the filtered error the PID acts on: a time
+/// constant of about three ticks.
+pub const ERROR_SMOOTHING: f64 = 0.3;
+
+/// Wanted limit changes smaller than this are ignored.
+pub const HYSTERESIS: i64 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,8 +69,8 @@ impl Default for GovernorConfig {
             ttft_p95_target_ms: 3000,
             itl_p95_target_ms: 1000,
             window_ms: 4000,
-            kp: 0.3,
-            ki: 0.4,
+            kp: 0.25,
+            ki: 0.2,
             kd: 0.05,
             max_step: 4,
         }
@@ -95,7 +103,7 @@ pub struct Decision {
 pub struct LimitController {
     config: GovernorConfig,
     integral: f64,
-    last_measurement: Option<f64>,
+    filtered_error: Option<f64>,
     limit: u32,
 }
 
@@ -105,7 +113,7 @@ impl LimitController {
         Self {
             config,
             integral: 0.0,
-            last_measurement: None,
+            filtered_error: None,
             limit,
         }
     }
@@ -141,19 +149,26 @@ impl LimitController {
         } else {
             self.error(signals)
         };
-        let derivative = match self.last_measurement {
-            Some(last) if dt > 0.0 => (error - last) / dt,
-            _ => 0.0,
+        let (filtered, derivative) = match self.filtered_error {
+            Some(last) if dt > 0.0 => {
+                let filtered = last + ERROR_SMOOTHING * (error - last);
+                (filtered, (filtered - last) / dt)
+            }
+            _ => (error, 0.0),
         };
-        self.last_measurement = Some(error);
-        let p = config.kp * error;
+        self.filtered_error = Some(filtered);
+        let p = config.kp * filtered;
         let d = config.kd * derivative;
-        let integral_max = if config.ki > 0.0 { 1.0 / config.ki } else { 0.0 };
-        let candidate = (self.integral + error * dt).clamp(0.0, integral_max);
+        let integral_max = if config.ki > 0.0 {
+            1.0 / config.ki
+        } else {
+            0.0
+        };
+        let candidate = (self.integral + filtered * dt).clamp(0.0, integral_max);
         let unsaturated = p + config.ki * candidate + d;
         // Conditional integration: hold the integral while the output is
-        // pinned at a bound and the error pushes further into it.
-        let winding_up = (unsaturated >= 1.0 && error > 0.0) || (unsaturated <= 0.0 && error < 0.0);
+        // pinned at full pressure and the error pushes further.
+        let winding_up = unsaturated >= 1.0 && filtered > 0.0;
         if !winding_up {
             self.integral = candidate;
         }
@@ -163,10 +178,16 @@ impl LimitController {
         let wanted = (f64::from(config.max_streams) - pressure * span).round() as i64;
         let step = i64::from(config.max_step);
         let current = i64::from(self.limit);
-        let next = wanted.clamp(current - step, current + step).clamp(
-            i64::from(config.min_streams),
-            i64::from(config.max_streams),
-        );
+        let at_bound =
+            wanted == i64::from(config.max_streams) || wanted == i64::from(config.min_streams);
+        let wanted = if (wanted - current).abs() < HYSTERESIS && !at_bound {
+            current
+        } else {
+            wanted
+        };
+        let next = wanted
+            .clamp(current - step, current + step)
+            .clamp(i64::from(config.min_streams), i64::from(config.max_streams));
         self.limit = next as u32;
         Decision {
             error,
@@ -195,14 +216,22 @@ mod tests {
 
     impl Plant {
         fn ttft(&mut self, active: u32) -> f64 {
-            self.rng = self.rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.rng = self
+                .rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
             let factor = 1.0 + self.noise * (2.0 * unit - 1.0);
             self.seconds_per_stream * f64::from(active) * factor
         }
     }
 
-    fn run(controller: &mut LimitController, plant: &mut Plant, demand: u32, ticks: usize) -> Vec<u32> {
+    fn run(
+        controller: &mut LimitController,
+        plant: &mut Plant,
+        demand: u32,
+        ticks: usize,
+    ) -> Vec<u32> {
         (0..ticks)
             .map(|_| {
                 let active = demand.min(controller.limit());
@@ -232,11 +261,17 @@ mod tests {
         let settled = &limits[120..];
         // Equilibrium: the limit where TTFT meets its target (30 streams).
         for &limit in settled {
-            assert!((24..=33).contains(&limit), "settled limit {limit}: {settled:?}");
+            assert!(
+                (24..=33).contains(&limit),
+                "settled limit {limit}: {settled:?}"
+            );
         }
         // Overshoot below the equilibrium: never under 80 % of it.
         let lowest = *limits.iter().min().unwrap();
-        assert!(f64::from(lowest) >= 0.8 * 30.0 - 1.0, "undershoot to {lowest}: {limits:?}");
+        assert!(
+            f64::from(lowest) >= 0.8 * 30.0 - 1.0,
+            "undershoot to {lowest}: {limits:?}"
+        );
         // No sustained oscillation: the last 30 s move by at most one step.
         let spread = settled.iter().max().unwrap() - settled.iter().min().unwrap();
         assert!(spread <= 4, "oscillating: {settled:?}");
@@ -249,7 +284,11 @@ mod tests {
         assert!(controller.limit() < 40);
         // Load drops to 5 clients: their TTFT is far under target.
         let limits = run(&mut controller, &mut plant(0.0), 5, 20);
-        assert_eq!(*limits.last().unwrap(), 64, "back to baseline in 5 s: {limits:?}");
+        assert_eq!(
+            *limits.last().unwrap(),
+            64,
+            "back to baseline in 5 s: {limits:?}"
+        );
     }
 
     #[test]
@@ -267,13 +306,15 @@ mod tests {
         let mut controller = LimitController::new(GovernorConfig::default());
         let limits = run(&mut controller, &mut plant(0.3), 75, 400);
         let settled = &limits[160..];
-        let reversals = settled
-            .windows(3)
-            .filter(|w| (w[1] > w[0] && w[2] < w[1]) || (w[1] < w[0] && w[2] > w[1]))
-            .count();
-        assert!(reversals < settled.len() / 4, "{reversals} reversals: {settled:?}");
+        // Independent ±30 % noise every tick is harsher than a 4 s window,
+        // whose consecutive p95s share most samples.
+        let changes = settled.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            changes < settled.len() / 3,
+            "{changes} changes: {settled:?}"
+        );
         let spread = settled.iter().max().unwrap() - settled.iter().min().unwrap();
-        assert!(spread <= 12, "spread {spread}: {settled:?}");
+        assert!(spread <= 8, "spread {spread}: {settled:?}");
     }
 
     #[test]

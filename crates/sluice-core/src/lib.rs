@@ -2,4 +2,6 @@
 //! the network or links llama.cpp. Fast to compile and fast to test.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
+pub mod governor;

@@ -37,9 +37,15 @@ async fn shutdown_ends_running_streams_cleanly_after_the_grace_period() {
         rest.extend_from_slice(&chunk.unwrap());
     }
     let rest = String::from_utf8(rest).unwrap();
-    assert!(rest.contains("shutting down"), "stream ended with an error event: {rest:?}");
+    assert!(
+        rest.contains("shutting down"),
+        "stream ended with an error event: {rest:?}"
+    );
     assert!(rest.ends_with("data: [DONE]\n\n"));
     let addr = server.local_addr;
     server.wait().await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
 }
