@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::governor::GovernorConfig;
+
 /// Where the default model lands after `scripts/setup.sh` fetched it.
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -28,6 +30,48 @@ pub struct RuntimeConfig {
     pub server: ServerConfig,
     pub model: ModelConfig,
     pub engine: EngineConfig,
+    pub governor: GovernorConfig,
+    pub admission: AdmissionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Requests waiting for admission, over all tenants; more get 429.
+    pub max_queue: usize,
+    /// Longest a request waits for admission before it gets 429.
+    pub max_wait_ms: u64,
+    /// API keys to tenants. Requests without a known key belong to `default`.
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_queue: 512,
+            max_wait_ms: 60_000,
+            tenants: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Bearer tokens that identify this tenant.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Share of admissions under contention, relative to other tenants.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Most streams this tenant may run at once; unlimited when unset.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+fn default_weight() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +200,28 @@ impl RuntimeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let engine = &self.engine;
+        let governor = &self.governor;
         let checks = [
+            (
+                governor.min_streams == 0 || governor.min_streams > governor.max_streams,
+                "governor.min_streams must be between 1 and governor.max_streams",
+            ),
+            (
+                governor.max_streams > engine.max_sequences,
+                "governor.max_streams must not exceed engine.max_sequences",
+            ),
+            (governor.tick_ms == 0, "governor.tick_ms must be at least 1"),
+            (
+                governor.ttft_p95_target_ms == 0 || governor.itl_p95_target_ms == 0,
+                "governor latency targets must be positive",
+            ),
+            (
+                self.admission
+                    .tenants
+                    .iter()
+                    .any(|t| !t.weight.is_finite() || t.weight <= 0.0),
+                "admission.tenants[].weight must be positive",
+            ),
             (
                 engine.max_sequences == 0,
                 "engine.max_sequences must be at least 1",

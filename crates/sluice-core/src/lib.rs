@@ -5,3 +5,4 @@
 pub mod admission;
 pub mod config;
 pub mod governor;
+pub mod window;

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod governor;
 pub mod metrics;
 pub mod observer;
 pub mod routes;

@@ -1,7 +1,7 @@
 //! Prometheus metrics, named as vLLM names them (`sluice:` prefix).
 
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -10,9 +10,78 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sluice_core::governor::{Decision, Signals};
 use sluice_engine::EngineStats;
 
 type Labels = Vec<(&'static str, &'static str)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// The governor's inputs, PID terms and output.
+#[derive(Default)]
+pub struct GovernorMetrics {
+    pub limit: Gauge,
+    ttft_p95: FloatGauge,
+    itl_p95: FloatGauge,
+    error: FloatGauge,
+    p: FloatGauge,
+    i: FloatGauge,
+    d: FloatGauge,
+    pressure: FloatGauge,
+}
+
+impl GovernorMetrics {
+    pub fn observe(&self, signals: &Signals, decision: &Decision) {
+        self.limit.set(i64::from(decision.limit));
+        self.ttft_p95.set(signals.ttft_p95.unwrap_or(0.0));
+        self.itl_p95.set(signals.itl_p95.unwrap_or(0.0));
+        self.error.set(decision.error);
+        self.p.set(decision.p);
+        self.i.set(decision.i);
+        self.d.set(decision.d);
+        self.pressure.set(decision.pressure);
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let gauges: [(&str, &str, &FloatGauge); 7] = [
+            (
+                "sluice:governor_ttft_p95_seconds",
+                "Windowed TTFT p95 the governor sees",
+                &self.ttft_p95,
+            ),
+            (
+                "sluice:governor_itl_p95_seconds",
+                "Windowed inter-token gap p95 the governor sees",
+                &self.itl_p95,
+            ),
+            (
+                "sluice:governor_error",
+                "Normalised latency error (positive: too slow)",
+                &self.error,
+            ),
+            ("sluice:governor_p", "Proportional term", &self.p),
+            ("sluice:governor_i", "Integral term", &self.i),
+            ("sluice:governor_d", "Derivative term", &self.d),
+            (
+                "sluice:governor_pressure",
+                "Controller output in [0, 1]",
+                &self.pressure,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "sluice:governor_active_limit",
+            "Streams admission lets run at once",
+            self.limit.clone(),
+        );
+    }
+}
+
+fn stage_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -23,6 +92,11 @@ pub struct Metrics {
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
     pub requests_finished: Family<Labels, Counter>,
+    pub requests_rejected: Family<Labels, Counter>,
+    /// Where first tokens' time went: admission, tokenize, engine queue,
+    /// prefill, first write.
+    pub ttft_stage: HistogramFamily,
+    pub governor: GovernorMetrics,
     running: Gauge,
     waiting: Gauge,
     parked: Gauge,
@@ -61,6 +135,9 @@ impl Metrics {
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             requests_finished: Family::default(),
+            requests_rejected: Family::default(),
+            ttft_stage: Family::new_with_constructor(stage_histogram),
+            governor: GovernorMetrics::default(),
             running: Gauge::default(),
             waiting: Gauge::default(),
             parked: Gauge::default(),
@@ -106,13 +183,24 @@ impl Metrics {
             metrics.requests_finished.clone(),
         );
         registry.register(
+            "sluice:request_rejected",
+            "Requests turned away by admission, by reason",
+            metrics.requests_rejected.clone(),
+        );
+        registry.register(
+            "sluice:ttft_stage_seconds",
+            "Time to first token by stage",
+            metrics.ttft_stage.clone(),
+        );
+        metrics.governor.register(&mut registry);
+        registry.register(
             "sluice:num_requests_running",
             "Sequences in the engine's running batch",
             metrics.running.clone(),
         );
         registry.register(
             "sluice:num_requests_waiting",
-            "Requests waiting for an engine sequence",
+            "Requests waiting for admission or for an engine sequence",
             metrics.waiting.clone(),
         );
         registry.register(
@@ -145,6 +233,18 @@ impl Metrics {
         self.time_to_first_token.observe(ttft.as_secs_f64());
     }
 
+    pub fn observe_stage(&self, stage: &'static str, seconds: Duration) {
+        self.ttft_stage
+            .get_or_create(&vec![("stage", stage)])
+            .observe(seconds.as_secs_f64());
+    }
+
+    pub fn count_rejected(&self, reason: &'static str) {
+        self.requests_rejected
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
     pub fn count_finished(&self, outcome: &'static str) {
         self.requests_finished
             .get_or_create(&vec![("outcome", outcome)])
@@ -152,7 +252,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, with the engine's live counters.
-    pub fn render(&self, engine: &EngineStats) -> String {
+    pub fn render(&self, engine: &EngineStats, admission_queued: usize) -> String {
         let _serial = self
             .scrape
             .lock()
@@ -160,7 +260,7 @@ impl Metrics {
         self.running
             .set(engine.running.load(Ordering::Relaxed) as i64);
         self.waiting
-            .set(engine.waiting.load(Ordering::Relaxed) as i64);
+            .set((engine.waiting.load(Ordering::Relaxed) + admission_queued) as i64);
         self.parked
             .set(engine.parked.load(Ordering::Relaxed) as i64);
         self.kv_tokens_in_use

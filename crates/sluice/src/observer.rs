@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use sluice_engine::{EngineTimings, FinishReason, Usage};
 
 use crate::api::sse::Endpoint;
+use crate::governor::LatencyWindows;
 use crate::metrics::Metrics;
 
 pub struct RequestObserver {
     metrics: Arc<Metrics>,
+    latency: Arc<LatencyWindows>,
     id: String,
+    tenant: String,
     endpoint: Endpoint,
     arrived_at: Instant,
     prompt_tokens: usize,
@@ -26,14 +29,18 @@ pub struct RequestObserver {
 impl RequestObserver {
     pub fn new(
         metrics: Arc<Metrics>,
+        latency: Arc<LatencyWindows>,
         id: String,
+        tenant: String,
         endpoint: Endpoint,
         arrived_at: Instant,
         prompt_tokens: usize,
     ) -> Self {
         Self {
             metrics,
+            latency,
             id,
+            tenant,
             endpoint,
             arrived_at,
             prompt_tokens,
@@ -48,13 +55,16 @@ impl RequestObserver {
     pub fn token_written(&mut self, now: Instant) {
         match self.last_token_at {
             None => {
+                let ttft = now - self.arrived_at;
                 self.first_token_at = Some(now);
-                self.metrics.observe_ttft(now - self.arrived_at);
+                self.metrics.observe_ttft(ttft);
+                self.latency.record_ttft(now, ttft.as_secs_f64());
             }
-            Some(last) => self
-                .metrics
-                .inter_token_latency
-                .observe((now - last).as_secs_f64()),
+            Some(last) => {
+                let gap = (now - last).as_secs_f64();
+                self.metrics.inter_token_latency.observe(gap);
+                self.latency.record_itl(now, gap);
+            }
         }
         self.last_token_at = Some(now);
     }
@@ -65,6 +75,8 @@ impl RequestObserver {
         self.metrics
             .request_queue_time
             .observe(timings.queue.as_secs_f64());
+        self.metrics.observe_stage("engine_queue", timings.queue);
+        self.metrics.observe_stage("prefill", timings.prefill);
         self.metrics
             .prompt_tokens
             .inc_by(u64::from(usage.prompt_tokens));
@@ -91,7 +103,7 @@ impl Drop for RequestObserver {
             .map(|first| (first - self.arrived_at).as_millis());
         tracing::info!(
             id = %self.id,
-            tenant = "default",
+            tenant = %self.tenant,
             endpoint = self.endpoint.as_str(),
             prompt_tokens = self.prompt_tokens,
             completion_tokens = self.completion_tokens,

@@ -7,10 +7,11 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use serde_json::json;
+use sluice_core::admission::{Permit, Rejection};
 use sluice_engine::{EngineError, EngineStatus, GenerationRequest, GenerationStream, StreamEvent};
 
 use crate::api::error::ApiError;
@@ -34,9 +35,11 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrived_at = Instant::now();
+    let tenant = state.tenant(&headers)?;
     let body = body_bytes(body, state.limits.max_body_bytes)?;
     let request = ChatCompletionRequest::parse(&body)?;
     let messages = request.chat_messages()?;
@@ -48,14 +51,19 @@ pub async fn chat_completions(
         .await
         .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?
         .map_err(|err| ApiError::invalid("messages", err.to_string()))?;
-    generate(&state, Endpoint::Chat, prompt, params, "messages").await
+    state
+        .metrics
+        .observe_stage("tokenize", arrived_at.elapsed());
+    generate(&state, Endpoint::Chat, prompt, params, tenant, "messages").await
 }
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrived_at = Instant::now();
+    let tenant = state.tenant(&headers)?;
     let body = body_bytes(body, state.limits.max_body_bytes)?;
     let request = CompletionRequest::parse(&body)?;
     let prompt = request.prompt_text()?.to_owned();
@@ -66,7 +74,18 @@ pub async fn completions(
     let prompt = tokio::task::spawn_blocking(move || model.tokenize(&prompt, true))
         .await
         .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?;
-    generate(&state, Endpoint::Completion, prompt, params, "prompt").await
+    state
+        .metrics
+        .observe_stage("tokenize", arrived_at.elapsed());
+    generate(
+        &state,
+        Endpoint::Completion,
+        prompt,
+        params,
+        tenant,
+        "prompt",
+    )
+    .await
 }
 
 async fn generate(
@@ -74,6 +93,7 @@ async fn generate(
     endpoint: Endpoint,
     prompt: Vec<i32>,
     params: ValidatedParams,
+    tenant: String,
     prompt_param: &str,
 ) -> Result<Response, ApiError> {
     let model = state.ready_model()?;
@@ -90,6 +110,15 @@ async fn generate(
         .max_tokens
         .map_or(room, |requested| requested.min(room));
     let prompt_tokens = prompt.len();
+    let queued_at = Instant::now();
+    let permit = state
+        .admission
+        .acquire(&tenant)
+        .await
+        .map_err(|rejection| admission_error(state, &tenant, rejection))?;
+    state
+        .metrics
+        .observe_stage("admission", queued_at.elapsed());
     let generation = state
         .engine
         .submit(GenerationRequest {
@@ -104,7 +133,9 @@ async fn generate(
     let id = format!("{}{}", endpoint.id_prefix(), state.next_request_id());
     let observer = RequestObserver::new(
         Arc::clone(&state.metrics),
+        Arc::clone(&state.latency),
         id.clone(),
+        tenant,
         endpoint,
         params.arrived_at,
         prompt_tokens,
@@ -122,6 +153,7 @@ async fn generate(
             framer,
             observer,
             state: Arc::clone(state),
+            _permit: permit,
             include_usage: params.include_usage,
             opened: false,
             done: false,
@@ -141,8 +173,51 @@ async fn generate(
         )
             .into_response())
     } else {
-        collect_response(state, endpoint, id, generation, observer).await
+        collect_response(state, endpoint, id, generation, observer, permit).await
     }
+}
+
+fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiError {
+    let retry_after = rejection
+        .retry_after()
+        .map_or(1, |wait| wait.as_secs().max(1));
+    let (reason, error) = match rejection {
+        Rejection::QueueFull { .. } => (
+            "queue_full",
+            ApiError::too_many_requests(
+                "server_overloaded",
+                "queue_full",
+                "The server's admission queue is full; retry after the Retry-After delay.",
+                retry_after,
+            ),
+        ),
+        Rejection::WaitTimedOut { .. } => (
+            "wait_timeout",
+            ApiError::too_many_requests(
+                "server_overloaded",
+                "admission_timeout",
+                "The request waited for admission longer than the server's limit; retry after the Retry-After delay.",
+                retry_after,
+            ),
+        ),
+        Rejection::TenantQueueFull { .. } => (
+            "tenant_limit",
+            ApiError::too_many_requests(
+                "rate_limit_exceeded",
+                "tenant_concurrency_limit",
+                format!(
+                    "Tenant '{tenant}' is at its concurrent stream limit and the queue is full."
+                ),
+                retry_after,
+            ),
+        ),
+        Rejection::Closed => (
+            "draining",
+            ApiError::unavailable("The server is shutting down."),
+        ),
+    };
+    state.metrics.count_rejected(reason);
+    error
 }
 
 fn engine_error(err: EngineError) -> ApiError {
@@ -163,6 +238,8 @@ struct StreamWriter {
     framer: ChunkFramer,
     observer: RequestObserver,
     state: Arc<AppState>,
+    /// Held for the stream's whole life; dropping the writer releases it.
+    _permit: Permit,
     include_usage: bool,
     opened: bool,
     done: bool,
@@ -243,6 +320,7 @@ async fn collect_response(
     id: String,
     mut generation: GenerationStream,
     mut observer: RequestObserver,
+    _permit: Permit,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     loop {
@@ -345,7 +423,9 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(state.engine.stats()),
+        state
+            .metrics
+            .render(state.engine.stats(), state.admission.snapshot().queued),
     )
         .into_response()
 }

@@ -2,6 +2,7 @@
 //! stop accepting, let streams finish within the grace period, then cancel
 //! what is left.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
+use sluice_core::admission::{Admission, AdmissionLimits, TenantPolicy};
 use sluice_core::config::{RuntimeConfig, ServerConfig};
 use sluice_engine::{EngineHandle, EngineOptions, LoadedModel};
 use tokio::net::TcpListener;
@@ -18,14 +21,22 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::error::ApiError;
+use crate::governor::{self, LatencyWindows};
 use crate::metrics::Metrics;
 use crate::routes;
+
+/// Requests without a known API key belong to this tenant.
+pub const DEFAULT_TENANT: &str = "default";
 
 pub struct AppState {
     pub engine: EngineHandle,
     pub served_name: String,
     pub limits: ServerConfig,
     pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
+    pub latency: Arc<LatencyWindows>,
+    /// API key → tenant name.
+    tenants_by_key: HashMap<String, String>,
     pub started_at_unix: u64,
     draining: AtomicBool,
     /// Fired when the shutdown grace period ends: open streams end then.
@@ -50,6 +61,27 @@ impl AppState {
             }
             other => ApiError::unavailable(other.to_string()),
         })
+    }
+
+    /// The tenant a request belongs to, from its bearer token. Without
+    /// configured keys every request is the default tenant's; with them, a
+    /// request carrying an unknown key is refused.
+    pub fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        if self.tenants_by_key.is_empty() {
+            return Ok(DEFAULT_TENANT.to_owned());
+        }
+        let key = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match key {
+            None => Ok(DEFAULT_TENANT.to_owned()),
+            Some(key) => self
+                .tenants_by_key
+                .get(key.trim())
+                .cloned()
+                .ok_or_else(ApiError::invalid_api_key),
+        }
     }
 
     pub async fn streams_cancelled(&self) {
@@ -97,11 +129,49 @@ impl RunningServer {
         });
         let listener = TcpListener::bind((config.server.host.as_str(), config.server.port)).await?;
         let local_addr = listener.local_addr()?;
+        let policies = config
+            .admission
+            .tenants
+            .iter()
+            .map(|tenant| {
+                let policy = TenantPolicy {
+                    weight: tenant.weight,
+                    max_concurrent: tenant.max_concurrent.unwrap_or(u32::MAX),
+                };
+                (tenant.name.clone(), policy)
+            })
+            .collect();
+        let tenants_by_key = config
+            .admission
+            .tenants
+            .iter()
+            .flat_map(|tenant| {
+                tenant
+                    .api_keys
+                    .iter()
+                    .map(|key| (key.clone(), tenant.name.clone()))
+            })
+            .collect();
+        let admission = Admission::new(
+            config.governor.max_streams,
+            AdmissionLimits {
+                max_queue: config.admission.max_queue,
+                max_wait: Duration::from_millis(config.admission.max_wait_ms),
+            },
+            policies,
+        );
+        let latency = Arc::new(LatencyWindows::new(Duration::from_millis(
+            config.governor.window_ms,
+        )));
+        let metrics = Arc::new(Metrics::new());
         let state = Arc::new(AppState {
             engine,
             served_name: config.model.served_name(),
             limits: config.server.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::clone(&metrics),
+            admission: Arc::clone(&admission),
+            latency: Arc::clone(&latency),
+            tenants_by_key,
             started_at_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs()),
@@ -114,6 +184,13 @@ impl RunningServer {
             },
         });
         let shutdown = CancellationToken::new();
+        tokio::spawn(governor::run(
+            config.governor.clone(),
+            admission,
+            latency,
+            metrics,
+            shutdown.clone(),
+        ));
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let task = tokio::spawn(serve(listener, Arc::clone(&state), shutdown.clone(), grace));
         Ok(Self {
@@ -151,6 +228,7 @@ async fn serve(
     let drain = async move {
         shutdown.cancelled().await;
         state.draining.store(true, Ordering::Relaxed);
+        state.admission.close();
         tracing::info!(
             grace_seconds = grace.as_secs(),
             "shutting down: draining streams"

@@ -12,6 +12,7 @@ async fn shutdown_ends_running_streams_cleanly_after_the_grace_period() {
     let mut config = common::test_config();
     config.server.shutdown_grace_seconds = 1;
     config.engine.max_sequences = 4;
+    config.governor.max_streams = 4;
     let server = RunningServer::start(&config, None).await.unwrap();
     server.engine().wait_ready().await.unwrap();
     let base = format!("http://{}", server.local_addr);

@@ -205,7 +205,7 @@ async fn client_disconnect_frees_its_sequence() {
         "/v1/completions",
         completion(
             "Tell a very long story about a ship.",
-            json!({"max_tokens": 400, "stream": true}),
+            json!({"max_tokens": 400, "ignore_eos": true, "stream": true}),
         ),
     )
     .await;

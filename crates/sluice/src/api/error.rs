@@ -119,6 +119,33 @@ impl ApiError {
         }
     }
 
+    /// 429: admission could not take the request in time; `kind` says
+    /// whether the server (`server_overloaded`) or the tenant
+    /// (`rate_limit_exceeded`) is at its limit.
+    pub fn too_many_requests(
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_seconds: u64,
+    ) -> Self {
+        Self {
+            code: Some(code),
+            retry_after_seconds: Some(retry_after_seconds),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message)
+        }
+    }
+
+    pub fn invalid_api_key() -> Self {
+        Self {
+            code: Some("invalid_api_key"),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "Incorrect API key provided.",
+            )
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }

@@ -40,6 +40,7 @@ pub fn test_config() -> RuntimeConfig {
     config.model.path = model_path();
     config.engine.max_sequences = 32;
     config.engine.context_per_sequence = 512;
+    config.governor.max_streams = 32;
     config
 }
 
