@@ -104,6 +104,8 @@ pub struct HttpClient {
     host: String,
     port: u16,
     transport: Transport,
+    /// Sent as `Authorization: Bearer …` (selects the tenant).
+    api_key: Option<String>,
     pub wire: Arc<WireCounters>,
     idle_h1: Mutex<Vec<H1Sender>>,
     h2_pool: Vec<OnceCell<H2Sender>>,
@@ -131,7 +133,11 @@ enum Sender {
 }
 
 impl HttpClient {
-    pub fn new(base_url: &str, transport: Transport) -> Result<Self, String> {
+    pub fn new(
+        base_url: &str,
+        transport: Transport,
+        api_key: Option<String>,
+    ) -> Result<Self, String> {
         let (host, port) = parse_base_url(base_url)?;
         let pool_size = match transport {
             Transport::H2c { connections } => connections,
@@ -141,6 +147,7 @@ impl HttpClient {
             host,
             port,
             transport,
+            api_key,
             wire: Arc::new(WireCounters::default()),
             idle_h1: Mutex::new(Vec::new()),
             h2_pool: (0..pool_size).map(|_| OnceCell::new()).collect(),
@@ -207,11 +214,15 @@ impl HttpClient {
             }
         };
         record.connect_seconds = connect_time;
-        let request = Request::post(path)
+        let mut request = Request::post(path)
             .header(header::HOST, format!("{}:{}", self.host, self.port))
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.api_key {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        let request = request
             .body(Full::new(body))
-            .expect("static request parts are valid");
+            .expect("request parts are valid");
         let response = match sender {
             Sender::H1(mut sender) => {
                 let response = sender.send_request(request).await;

@@ -120,6 +120,9 @@ struct RunArgs {
     /// Server process id: its CPU seconds per request and token are reported.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// API key sent as a bearer token (Sluice maps keys to tenants).
+    #[arg(long)]
+    api_key: Option<String>,
     #[command(flatten)]
     workload: WorkloadArgs,
 }
@@ -308,7 +311,7 @@ async fn run_http(args: RunArgs) -> Result<(), String> {
         None => fetch_model_name(&args.url).await?,
     };
     let transport = Transport::parse(&args.transport, args.connections)?;
-    let client = Arc::new(HttpClient::new(&args.url, transport)?);
+    let client = Arc::new(HttpClient::new(&args.url, transport, args.api_key.clone())?);
     let bodies: Arc<Vec<Bytes>> = Arc::new(
         (0..prompts.len())
             .map(|i| request_body(args.api, &model, &prompts[i], &args.workload, i))

@@ -47,6 +47,11 @@ pub struct RunSummary {
     pub window_seconds: f64,
     pub output_tokens: u64,
     pub output_tokens_per_second: f64,
+    /// Output tokens that arrived while the load was fully applied (from the
+    /// end of warm-up to the last request sent), per second: excludes the
+    /// cold start and the drain at the end.
+    pub steady_output_tokens_per_second: f64,
+    pub steady_window_seconds: f64,
     pub requests_per_second: f64,
     pub rejection_rate: f64,
     pub error_rate: f64,
@@ -111,6 +116,17 @@ pub fn summarize(output: &RunOutput, context: &RunContext) -> RunSummary {
         .fold(window_start, f64::max);
     let window = window_end - window_start;
     let output_tokens: u64 = succeeded.iter().map(|r| r.output_tokens()).sum();
+    let steady_start = context.warmup_seconds;
+    let steady_end = output
+        .records
+        .iter()
+        .map(|r| r.start_seconds)
+        .fold(steady_start, f64::max);
+    let steady_tokens: f64 = output
+        .records
+        .iter()
+        .map(|r| tokens_arrived_between(r, steady_start, steady_end))
+        .sum();
     let all_output_tokens: u64 = output
         .records
         .iter()
@@ -152,6 +168,8 @@ pub fn summarize(output: &RunOutput, context: &RunContext) -> RunSummary {
         window_seconds: window,
         output_tokens,
         output_tokens_per_second: ratio(output_tokens as f64, window),
+        steady_output_tokens_per_second: ratio(steady_tokens, steady_end - steady_start),
+        steady_window_seconds: steady_end - steady_start,
         requests_per_second: ratio(succeeded.len() as f64, window),
         rejection_rate: ratio(rejected as f64, measured.len() as f64),
         error_rate: ratio(errors as f64, measured.len() as f64),
@@ -200,8 +218,10 @@ pub fn print_table(name: &str, summary: &RunSummary) {
         );
     }
     println!(
-        "throughput: {:.1} output tok/s, {:.2} req/s over {:.1} s; rejection rate {:.2}%, error rate {:.2}%",
+        "throughput: {:.1} output tok/s ({:.1} steady over {:.0} s), {:.2} req/s over {:.1} s; rejection rate {:.2}%, error rate {:.2}%",
         summary.output_tokens_per_second,
+        summary.steady_output_tokens_per_second,
+        summary.steady_window_seconds,
         summary.requests_per_second,
         summary.window_seconds,
         summary.rejection_rate * 100.0,
@@ -233,6 +253,22 @@ pub fn print_table(name: &str, summary: &RunSummary) {
     for error in &summary.first_errors {
         println!("error: {error}");
     }
+}
+
+/// Output tokens of `record` whose chunks arrived in `[from, to]` seconds
+/// of the run (chunks carrying several tokens count their share).
+fn tokens_arrived_between(record: &RequestRecord, from: f64, to: f64) -> f64 {
+    let Some(ttft) = record.ttft_seconds else {
+        return 0.0;
+    };
+    let per_chunk = record.output_tokens() as f64 / record.content_chunks.max(1) as f64;
+    let mut at = record.start_seconds + ttft;
+    let mut count = usize::from((from..=to).contains(&at));
+    for gap in &record.itl_seconds {
+        at += gap;
+        count += usize::from((from..=to).contains(&at));
+    }
+    count as f64 * per_chunk
 }
 
 fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
@@ -411,6 +447,17 @@ mod tests {
         assert_eq!(summary.wire_bytes_per_output_token, 1000.0 / 7.0);
         assert_eq!(summary.server_cpu.unwrap().per_request, 0.9);
         assert!(summary.ttft_seconds.max <= summary.e2e_seconds.max);
+    }
+
+    #[test]
+    fn steady_tokens_count_only_arrivals_inside_the_window() {
+        // Sent at 1 s; chunks at 1.5, 1.6, 1.9, 2.4 s; 8 tokens in 4 chunks.
+        let mut r = record(0, 1.0, 0.5, &[0.1, 0.3, 0.5], 8);
+        r.content_chunks = 4;
+        assert_eq!(tokens_arrived_between(&r, 1.55, 2.0), 4.0);
+        assert_eq!(tokens_arrived_between(&r, 0.0, 10.0), 8.0);
+        r.ttft_seconds = None;
+        assert_eq!(tokens_arrived_between(&r, 0.0, 10.0), 0.0);
     }
 
     #[test]
