@@ -10,6 +10,17 @@ use crate::api::sse::Endpoint;
 use crate::governor::LatencyWindows;
 use crate::metrics::Metrics;
 
+/// Who a request is and when it got where, for its observer.
+pub struct RequestInfo {
+    pub id: String,
+    pub tenant: String,
+    pub endpoint: Endpoint,
+    pub arrived_at: Instant,
+    /// When admission granted the stream its permit.
+    pub admitted_at: Instant,
+    pub prompt_tokens: usize,
+}
+
 pub struct RequestObserver {
     metrics: Arc<Metrics>,
     latency: Arc<LatencyWindows>,
@@ -17,6 +28,8 @@ pub struct RequestObserver {
     tenant: String,
     endpoint: Endpoint,
     arrived_at: Instant,
+    /// When admission granted the stream its permit.
+    admitted_at: Instant,
     prompt_tokens: usize,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
@@ -27,23 +40,16 @@ pub struct RequestObserver {
 }
 
 impl RequestObserver {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        latency: Arc<LatencyWindows>,
-        id: String,
-        tenant: String,
-        endpoint: Endpoint,
-        arrived_at: Instant,
-        prompt_tokens: usize,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, latency: Arc<LatencyWindows>, request: RequestInfo) -> Self {
         Self {
             metrics,
             latency,
-            id,
-            tenant,
-            endpoint,
-            arrived_at,
-            prompt_tokens,
+            id: request.id,
+            tenant: request.tenant,
+            endpoint: request.endpoint,
+            arrived_at: request.arrived_at,
+            admitted_at: request.admitted_at,
+            prompt_tokens: request.prompt_tokens,
             first_token_at: None,
             last_token_at: None,
             completion_tokens: 0,
@@ -58,7 +64,13 @@ impl RequestObserver {
                 let ttft = now - self.arrived_at;
                 self.first_token_at = Some(now);
                 self.metrics.observe_ttft(ttft);
-                self.latency.record_ttft(now, ttft.as_secs_f64());
+                self.metrics
+                    .observe_stage("first_token_after_admission", now - self.admitted_at);
+                // The governor sees TTFT from admission: the wait it imposes
+                // itself must not feed back into its own input, or overload
+                // would drive the limit to its floor.
+                self.latency
+                    .record_ttft(now, (now - self.admitted_at).as_secs_f64());
             }
             Some(last) => {
                 let gap = (now - last).as_secs_f64();

@@ -17,7 +17,7 @@ use sluice_engine::{EngineError, EngineStatus, GenerationRequest, GenerationStre
 use crate::api::error::ApiError;
 use crate::api::openai::{ChatCompletionRequest, CompletionRequest, ValidatedParams};
 use crate::api::sse::{ChunkFramer, Endpoint, usage_json};
-use crate::observer::RequestObserver;
+use crate::observer::{RequestInfo, RequestObserver};
 use crate::server::AppState;
 
 /// Most ready events written together when a client is behind.
@@ -116,9 +116,10 @@ async fn generate(
         .acquire(&tenant)
         .await
         .map_err(|rejection| admission_error(state, &tenant, rejection))?;
+    let admitted_at = Instant::now();
     state
         .metrics
-        .observe_stage("admission", queued_at.elapsed());
+        .observe_stage("admission", admitted_at - queued_at);
     let generation = state
         .engine
         .submit(GenerationRequest {
@@ -134,11 +135,14 @@ async fn generate(
     let observer = RequestObserver::new(
         Arc::clone(&state.metrics),
         Arc::clone(&state.latency),
-        id.clone(),
-        tenant,
-        endpoint,
-        params.arrived_at,
-        prompt_tokens,
+        RequestInfo {
+            id: id.clone(),
+            tenant,
+            endpoint,
+            arrived_at: params.arrived_at,
+            admitted_at,
+            prompt_tokens,
+        },
     );
     if params.stream {
         let framer = ChunkFramer::new(
