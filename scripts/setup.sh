@@ -21,17 +21,16 @@ as_root() {
 
 install_system_packages() {
   local missing=()
-  command -v cmake >/dev/null || missing+=(cmake)
-  command -v clang >/dev/null || missing+=(clang)
-  # bindgen needs libclang's shared library.
-  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  for package in cmake clang libclang-dev; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
   if [ ${#missing[@]} -eq 0 ]; then
     say "system packages present"
     return
   fi
   say "installing ${missing[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake clang libclang-dev >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 model_ok() {

@@ -26,6 +26,7 @@ fn main() {
             ttft_p95: Some(2.0 + f64::from(i % 7) * 0.3),
             itl_p95: Some(0.4),
             queue_depth: (i % 5) as usize,
+            awaiting_first_token: (i % 3) as usize,
         };
         black_box(controller.tick(black_box(&signals), 0.25));
     }

@@ -19,6 +19,14 @@
 //! - The PID sees the error through a first-order filter (`ERROR_SMOOTHING`),
 //!   the limit moves at most `max_step` streams per tick and ignores changes
 //!   under `HYSTERESIS` streams: noisy windows do not make it chatter.
+//! - Raising the limit while requests wait admits them at once, and their
+//!   TTFT is only measured seconds later, after their prefill. So with a
+//!   queue the limit rises by at most one stream per tick, and not at all
+//!   while more than `max_step` admitted streams still await their first
+//!   token: the controller waits to see the effect of its last increase
+//!   (as TCP's congestion window grows only on acknowledged data). With no
+//!   queue, raising the limit admits nobody, so it returns to baseline at
+//!   full speed.
 //! - With nothing queued and fresh measurements missing, the error is -1:
 //!   an idle server relaxes to its baseline.
 
@@ -86,6 +94,8 @@ pub struct Signals {
     pub itl_p95: Option<f64>,
     /// Requests waiting for admission.
     pub queue_depth: usize,
+    /// Admitted streams that have not produced their first token yet.
+    pub awaiting_first_token: usize,
 }
 
 /// One tick's inputs, terms and output, exported as gauges.
@@ -176,7 +186,14 @@ impl LimitController {
         let pressure = (p + i + d).clamp(0.0, 1.0);
         let span = f64::from(config.max_streams - config.min_streams);
         let wanted = (f64::from(config.max_streams) - pressure * span).round() as i64;
-        let step = i64::from(config.max_step);
+        let step_down = i64::from(config.max_step);
+        let step_up = if signals.queue_depth == 0 {
+            step_down
+        } else if signals.awaiting_first_token > config.max_step as usize {
+            0
+        } else {
+            1
+        };
         let current = i64::from(self.limit);
         let at_bound =
             wanted == i64::from(config.max_streams) || wanted == i64::from(config.min_streams);
@@ -186,7 +203,7 @@ impl LimitController {
             wanted
         };
         let next = wanted
-            .clamp(current - step, current + step)
+            .clamp(current - step_down, current + step_up)
             .clamp(i64::from(config.min_streams), i64::from(config.max_streams));
         self.limit = next as u32;
         Decision {
@@ -239,6 +256,7 @@ mod tests {
                     ttft_p95: Some(plant.ttft(active)),
                     itl_p95: None,
                     queue_depth: (demand - active) as usize,
+                    awaiting_first_token: 0,
                 };
                 controller.tick(&signals, DT).limit
             })
@@ -328,6 +346,7 @@ mod tests {
                     ttft_p95: Some(ttft),
                     itl_p95: None,
                     queue_depth: 10,
+                    awaiting_first_token: 0,
                 },
                 DT,
             );
@@ -338,18 +357,56 @@ mod tests {
     }
 
     #[test]
+    fn with_a_queue_the_limit_rises_one_stream_at_a_time_and_waits_for_first_tokens() {
+        let mut controller = LimitController::new(GovernorConfig::default());
+        let overload = Signals {
+            ttft_p95: Some(12.0),
+            queue_depth: 50,
+            ..Signals::default()
+        };
+        for _ in 0..40 {
+            controller.tick(&overload, DT);
+        }
+        let floor = controller.limit();
+        assert_eq!(floor, 4);
+        let healthy_with_queue = Signals {
+            ttft_p95: Some(0.3),
+            queue_depth: 50,
+            ..Signals::default()
+        };
+        let mut last = floor;
+        for _ in 0..20 {
+            let limit = controller.tick(&healthy_with_queue, DT).limit;
+            assert!(limit <= last + 1, "{last} -> {limit}");
+            last = limit;
+        }
+        assert!(last > floor, "it does rise");
+        let unmeasured = Signals {
+            awaiting_first_token: 5,
+            ..healthy_with_queue
+        };
+        for _ in 0..8 {
+            assert_eq!(
+                controller.tick(&unmeasured, DT).limit,
+                last,
+                "holds while streams await a first token"
+            );
+        }
+    }
+
+    #[test]
     fn error_is_the_worse_signal_and_positive_when_slow() {
         let controller = LimitController::new(GovernorConfig::default());
         let slow_itl = Signals {
             ttft_p95: Some(1.5),
             itl_p95: Some(2.0),
-            queue_depth: 0,
+            ..Signals::default()
         };
         assert_eq!(controller.error(&slow_itl), 1.0);
         let fast = Signals {
             ttft_p95: Some(1.5),
             itl_p95: Some(0.5),
-            queue_depth: 0,
+            ..Signals::default()
         };
         assert_eq!(controller.error(&fast), -0.5);
     }

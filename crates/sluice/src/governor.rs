@@ -1,6 +1,7 @@
 //! Runs the limit controller: every tick it reads the latency windows and the
 //! admission queue, and sets the admission limit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,17 @@ const WINDOW_CAPACITY: usize = 4096;
 pub struct LatencyWindows {
     ttft: Mutex<LatencyWindow>,
     itl: Mutex<LatencyWindow>,
+    /// Admitted streams that have not written their first token yet.
+    awaiting_first_token: AtomicUsize,
+}
+
+/// Counts one admitted stream as awaiting its first token until dropped.
+pub struct AwaitingFirstToken(Arc<LatencyWindows>);
+
+impl Drop for AwaitingFirstToken {
+    fn drop(&mut self) {
+        self.0.awaiting_first_token.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LatencyWindows {
@@ -25,7 +37,13 @@ impl LatencyWindows {
         Self {
             ttft: Mutex::new(LatencyWindow::new(span, WINDOW_CAPACITY)),
             itl: Mutex::new(LatencyWindow::new(span, WINDOW_CAPACITY)),
+            awaiting_first_token: AtomicUsize::new(0),
         }
+    }
+
+    pub fn await_first_token(self: &Arc<Self>) -> AwaitingFirstToken {
+        self.awaiting_first_token.fetch_add(1, Ordering::Relaxed);
+        AwaitingFirstToken(Arc::clone(self))
     }
 
     pub fn record_ttft(&self, at: Instant, seconds: f64) {
@@ -80,6 +98,7 @@ pub async fn run(
                     ttft_p95,
                     itl_p95,
                     queue_depth: admission.snapshot().queued,
+                    awaiting_first_token: windows.awaiting_first_token.load(Ordering::Relaxed),
                 };
                 let decision = controller.tick(&signals, dt);
                 admission.set_limit(decision.limit);

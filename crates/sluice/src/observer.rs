@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sluice_engine::{EngineTimings, FinishReason, Usage};
 
 use crate::api::sse::Endpoint;
-use crate::governor::LatencyWindows;
+use crate::governor::{AwaitingFirstToken, LatencyWindows};
 use crate::metrics::Metrics;
 
 /// Who a request is and when it got where, for its observer.
@@ -32,6 +32,8 @@ pub struct RequestObserver {
     admitted_at: Instant,
     prompt_tokens: usize,
     first_token_at: Option<Instant>,
+    /// Released at the first token, or when the request ends without one.
+    awaiting_first_token: Option<AwaitingFirstToken>,
     last_token_at: Option<Instant>,
     completion_tokens: u32,
     queue_time: Option<Duration>,
@@ -41,6 +43,7 @@ pub struct RequestObserver {
 
 impl RequestObserver {
     pub fn new(metrics: Arc<Metrics>, latency: Arc<LatencyWindows>, request: RequestInfo) -> Self {
+        let awaiting_first_token = Some(latency.await_first_token());
         Self {
             metrics,
             latency,
@@ -51,6 +54,7 @@ impl RequestObserver {
             admitted_at: request.admitted_at,
             prompt_tokens: request.prompt_tokens,
             first_token_at: None,
+            awaiting_first_token,
             last_token_at: None,
             completion_tokens: 0,
             queue_time: None,
@@ -63,6 +67,7 @@ impl RequestObserver {
             None => {
                 let ttft = now - self.arrived_at;
                 self.first_token_at = Some(now);
+                self.awaiting_first_token = None;
                 self.metrics.observe_ttft(ttft);
                 self.metrics
                     .observe_stage("first_token_after_admission", now - self.admitted_at);
