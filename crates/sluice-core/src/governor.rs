@@ -14,8 +14,8 @@
 //! - The derivative acts on the measurement, not on the error, so changing a
 //!   target at run time does not kick the output.
 //! - Anti-windup: the integral is clamped so `ki * integral` stays in
-//!   `[0, 1]` and is not accumulated while the output is pinned at full
-//!   pressure; after load drops it drains within a few seconds.
+//!   `[0, 1]` and grows only up to the point where the output saturates;
+//!   after load drops it drains within a few seconds.
 //! - The PID sees the error through a first-order filter (`ERROR_SMOOTHING`),
 //!   the limit moves at most `max_step` streams per tick and ignores changes
 //!   under `HYSTERESIS` streams: noisy windows do not make it chatter.
@@ -174,14 +174,14 @@ impl LimitController {
         } else {
             0.0
         };
-        let candidate = (self.integral + filtered * dt).clamp(0.0, integral_max);
-        let unsaturated = p + config.ki * candidate + d;
-        // Conditional integration: hold the integral while the output is
-        // pinned at full pressure and the error pushes further.
-        let winding_up = unsaturated >= 1.0 && filtered > 0.0;
-        if !winding_up {
-            self.integral = candidate;
+        let mut integral = (self.integral + filtered * dt).clamp(0.0, integral_max);
+        if filtered > 0.0 && config.ki > 0.0 && p + config.ki * integral + d > 1.0 {
+            // Anti-windup: integrate up to the point where the output
+            // saturates, never beyond it.
+            let at_saturation = ((1.0 - p - d) / config.ki).clamp(0.0, integral_max);
+            integral = integral.min(self.integral.max(at_saturation));
         }
+        self.integral = integral;
         let i = config.ki * self.integral;
         let pressure = (p + i + d).clamp(0.0, 1.0);
         let span = f64::from(config.max_streams - config.min_streams);
