@@ -41,7 +41,7 @@ run_scenario burst-then-idle-governor-on burst-then-idle
 LIGHT=(--api chat --concurrency 2 --requests 12 --prompt-words 60 --prompt-spread 10 --max-tokens 32 --temperature 0.7 --api-key sk-light)
 start_server "$PORT" "$OUT/fairness.server.log" --config benchmarks/governor/tenants.yaml
 "$BENCH" run --url "$URL" "${LIGHT[@]}" --name fairness-light-alone --out "$OUT"
-"$BENCH" run --url "$URL" --api chat --concurrency 48 --duration 150 --prompt-words 60 --prompt-spread 10 \
+"$BENCH" run --url "$URL" --api chat --concurrency 48 --duration 120 --prompt-words 60 --prompt-spread 10 \
   --max-tokens 64 --temperature 0.7 --api-key sk-flood --name fairness-flood --out "$OUT" &
 FLOOD=$!
 sleep 45 # let the flood fill the server before the light tenant arrives

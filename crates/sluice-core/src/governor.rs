@@ -73,9 +73,9 @@ impl Default for GovernorConfig {
             enabled: true,
             tick_ms: 250,
             min_streams: 4,
-            max_streams: 64,
-            ttft_p95_target_ms: 3000,
-            itl_p95_target_ms: 1000,
+            max_streams: 128,
+            ttft_p95_target_ms: 10_000,
+            itl_p95_target_ms: 2000,
             window_ms: 4000,
             kp: 0.25,
             ki: 0.2,
@@ -223,6 +223,16 @@ mod tests {
 
     const DT: f64 = 0.25;
 
+    /// Tighter than the defaults so the scripted plant below binds.
+    fn test_config() -> GovernorConfig {
+        GovernorConfig {
+            max_streams: 64,
+            ttft_p95_target_ms: 3000,
+            itl_p95_target_ms: 1000,
+            ..GovernorConfig::default()
+        }
+    }
+
     /// A scripted plant: TTFT p95 grows with the streams admitted (a 2-core
     /// CPU serving `demand` clients), with optional multiplicative noise.
     struct Plant {
@@ -274,7 +284,7 @@ mod tests {
 
     #[test]
     fn step_up_converges_into_the_band_without_big_overshoot() {
-        let mut controller = LimitController::new(GovernorConfig::default());
+        let mut controller = LimitController::new(test_config());
         let limits = run(&mut controller, &mut plant(0.0), 75, 240);
         let settled = &limits[120..];
         // Equilibrium: the limit where TTFT meets its target (30 streams).
@@ -297,7 +307,7 @@ mod tests {
 
     #[test]
     fn step_down_returns_to_baseline_within_five_seconds() {
-        let mut controller = LimitController::new(GovernorConfig::default());
+        let mut controller = LimitController::new(test_config());
         run(&mut controller, &mut plant(0.0), 75, 240);
         assert!(controller.limit() < 40);
         // Load drops to 5 clients: their TTFT is far under target.
@@ -311,7 +321,7 @@ mod tests {
 
     #[test]
     fn idle_server_relaxes_to_baseline() {
-        let mut controller = LimitController::new(GovernorConfig::default());
+        let mut controller = LimitController::new(test_config());
         run(&mut controller, &mut plant(0.0), 75, 200);
         for _ in 0..20 {
             controller.tick(&Signals::default(), DT);
@@ -321,7 +331,7 @@ mod tests {
 
     #[test]
     fn noisy_measurements_do_not_make_it_chatter() {
-        let mut controller = LimitController::new(GovernorConfig::default());
+        let mut controller = LimitController::new(test_config());
         let limits = run(&mut controller, &mut plant(0.3), 75, 400);
         let settled = &limits[160..];
         // Independent ±30 % noise every tick is harsher than a 4 s window,
@@ -337,7 +347,7 @@ mod tests {
 
     #[test]
     fn limit_moves_at_most_one_step_per_tick_and_stays_in_bounds() {
-        let mut controller = LimitController::new(GovernorConfig::default());
+        let mut controller = LimitController::new(test_config());
         let mut last = controller.limit();
         for tick in 0..100 {
             let ttft = if tick % 2 == 0 { 60.0 } else { 0.0 };
@@ -358,7 +368,7 @@ mod tests {
 
     #[test]
     fn with_a_queue_the_limit_rises_one_stream_at_a_time_and_waits_for_first_tokens() {
-        let mut controller = LimitController::new(GovernorConfig::default());
+        let mut controller = LimitController::new(test_config());
         let overload = Signals {
             ttft_p95: Some(12.0),
             queue_depth: 50,
@@ -396,7 +406,7 @@ mod tests {
 
     #[test]
     fn error_is_the_worse_signal_and_positive_when_slow() {
-        let controller = LimitController::new(GovernorConfig::default());
+        let controller = LimitController::new(test_config());
         let slow_itl = Signals {
             ttft_p95: Some(1.5),
             itl_p95: Some(2.0),
