@@ -32,10 +32,10 @@ run_scenario() {
 }
 
 run_scenario chat-c32-governor-off chat-c32 --config benchmarks/governor/governor-off.yaml
-run_scenario chat-c32-governor-on chat-c32
+run_scenario chat-c32-governor-on chat-c32 --config benchmarks/governor/governor-on.yaml
 run_scenario capacity-c75-governor-off capacity-c75 --config benchmarks/governor/governor-off.yaml
-run_scenario capacity-c75-governor-on capacity-c75
-run_scenario burst-then-idle-governor-on burst-then-idle
+run_scenario capacity-c75-governor-on capacity-c75 --config benchmarks/governor/governor-on.yaml
+run_scenario burst-then-idle-governor-on burst-then-idle --config benchmarks/governor/governor-on.yaml
 
 # Fairness: the light tenant alone, then beside a flood of 48 streams.
 LIGHT=(--api chat --concurrency 2 --requests 12 --prompt-words 60 --prompt-spread 10 --max-tokens 32 --temperature 0.7 --api-key sk-light)

@@ -47,6 +47,8 @@ pub const HYSTERESIS: i64 = 3;
 #[serde(default, deny_unknown_fields)]
 pub struct GovernorConfig {
     /// Adaptive limits on (true) or a fixed limit of `max_streams` (false).
+    /// Off by default: measured, the limit alone moved waiting into the
+    /// admission queue and made client TTFT worse (docs/architecture.md).
     pub enabled: bool,
     /// Controller period.
     pub tick_ms: u64,
@@ -70,7 +72,7 @@ pub struct GovernorConfig {
 impl Default for GovernorConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             tick_ms: 250,
             min_streams: 4,
             max_streams: 128,
