@@ -260,14 +260,7 @@ async fn health_models_and_metrics_answer() {
         .unwrap();
     assert_eq!(models["data"][0]["id"], server().model.as_str());
     assert_eq!(models["data"][0]["max_model_len"], 512);
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text().await;
     for name in [
         "sluice:time_to_first_token_seconds",
         "sluice:inter_token_latency_seconds",

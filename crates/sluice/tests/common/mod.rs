@@ -152,16 +152,21 @@ pub async fn post(path: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-/// Reads one Prometheus sample (no labels) from `/metrics`.
-pub async fn metric(name: &str) -> f64 {
-    let text = client()
+/// The server's `/metrics` text.
+pub async fn metrics_text() -> String {
+    client()
         .get(format!("{}/metrics", server().base))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Reads one Prometheus sample (no labels) from `/metrics`.
+pub async fn metric(name: &str) -> f64 {
+    let text = metrics_text().await;
     text.lines()
         .find_map(|line| {
             let rest = line.strip_prefix(name)?;
