@@ -289,6 +289,56 @@ impl HttpClient {
     }
 }
 
+/// One cheap request's cost as the client saw it.
+pub struct Probe {
+    /// Connection set-up (TCP connect + protocol handshake), when this
+    /// request opened a connection.
+    pub connect_seconds: Option<f64>,
+    pub total_seconds: f64,
+}
+
+impl HttpClient {
+    /// A `GET` whose response is read whole: isolates what the transport
+    /// costs per request, with no generation behind it.
+    pub async fn probe(&self, path: &str) -> Result<Probe, String> {
+        let started = Instant::now();
+        let (sender, connect_seconds) = self.sender().await?;
+        let request = Request::get(path)
+            .header(header::HOST, format!("{}:{}", self.host, self.port))
+            .body(Full::new(Bytes::new()))
+            .expect("request parts are valid");
+        let (response, reusable) = match sender {
+            Sender::H1(mut sender) => {
+                let response = sender.send_request(request).await;
+                (response.map_err(|err| err.to_string())?, Some(sender))
+            }
+            Sender::H2(mut sender) => (
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|err| err.to_string())?,
+                None,
+            ),
+        };
+        let status = response.status();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| err.to_string())?;
+        if status != StatusCode::OK {
+            return Err(format!("HTTP {status}"));
+        }
+        if let (Transport::Http1 { keep_alive: true }, Some(sender)) = (self.transport, reusable) {
+            self.idle_h1.lock().expect("pool lock").push(sender);
+        }
+        Ok(Probe {
+            connect_seconds,
+            total_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
 /// Splits a byte stream into SSE `data:` payloads.
 #[derive(Default)]
 pub struct SseParser {

@@ -40,6 +40,37 @@ enum Command {
     /// Drive Sluice's engine in-process (no HTTP) with the same workload, as
     /// the ceiling HTTP serving is measured against.
     Engine(EngineArgs),
+    /// Measure what the transport costs per request, without generation:
+    /// cheap `GET`s over each transport, client latency and server CPU.
+    Connect(ConnectArgs),
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Transports to compare: h1 (keep-alive), h1-new, h2c.
+    #[arg(long, value_delimiter = ',', default_value = "h1-new,h1,h2c")]
+    transports: Vec<String>,
+    /// Requests per transport.
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Connections in the h2c pool.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Path requested.
+    #[arg(long, default_value = "/v1/models")]
+    path: String,
+    /// Server process id, for its CPU per request.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -226,6 +257,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run_http(args).await,
             Command::Engine(args) => run_engine(args).await,
+            Command::Connect(args) => run_connect(args).await,
         }
     });
     match result {
@@ -235,6 +267,101 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_connect(args: ConnectArgs) -> Result<(), String> {
+    let server_pid = args.server_pid.map(|pid| pid.to_string());
+    let mut rows = Vec::new();
+    println!(
+        "| transport | requests | connections | connect mean ms | latency p50 / p99 ms | server CPU µs/request | client CPU µs/request |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for name in &args.transports {
+        let transport = Transport::parse(name, args.connections)?;
+        let client = Arc::new(HttpClient::new(&args.url, transport, None)?);
+        // One request first, so a pool's connections are not what is timed.
+        client.probe(&args.path).await?;
+        let server_before = server_pid.as_deref().and_then(environment::cpu_seconds);
+        let client_before = environment::cpu_seconds("self");
+        let connections_before = client.wire.connections.load(Ordering::Relaxed);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..args.concurrency.max(1))
+            .map(|_| {
+                let client = Arc::clone(&client);
+                let next = Arc::clone(&next);
+                let path = args.path.clone();
+                let requests = args.requests;
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut connects = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < requests {
+                        let probe = client.probe(&path).await?;
+                        latencies.push(probe.total_seconds);
+                        connects.extend(probe.connect_seconds);
+                    }
+                    Ok::<_, String>((latencies, connects))
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let mut connects = Vec::new();
+        for worker in workers {
+            let (l, c) = worker.await.map_err(|err| err.to_string())??;
+            latencies.extend(l);
+            connects.extend(c);
+        }
+        let requests = latencies.len() as f64;
+        let per_request_us = |before: Option<f64>, after: Option<f64>| {
+            before
+                .zip(after)
+                .map(|(before, after)| (after - before) / requests * 1e6)
+        };
+        let server_us = per_request_us(
+            server_before,
+            server_pid.as_deref().and_then(environment::cpu_seconds),
+        );
+        let client_us = per_request_us(client_before, environment::cpu_seconds("self"));
+        latencies.sort_by(f64::total_cmp);
+        let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] * 1000.0;
+        let connections = client.wire.connections.load(Ordering::Relaxed) - connections_before;
+        // Set-up time spread over every request, pooled or not.
+        let connect_ms = connects.iter().sum::<f64>() / requests * 1000.0;
+        let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
+        println!(
+            "| {name} | {} | {connections} | {connect_ms:.3} | {:.2} / {:.2} | {} | {} |",
+            latencies.len(),
+            quantile(0.5),
+            quantile(0.99),
+            show(server_us),
+            show(client_us),
+        );
+        rows.push(json!({
+            "transport": name,
+            "requests": latencies.len(),
+            "connections": connections,
+            "connect_ms_per_request": connect_ms,
+            "latency_p50_ms": quantile(0.5),
+            "latency_p99_ms": quantile(0.99),
+            "server_cpu_us_per_request": server_us,
+            "client_cpu_us_per_request": client_us,
+        }));
+    }
+    if let Some(out) = &args.out {
+        let report = json!({
+            "machine": environment::machine(),
+            "commit": environment::commit(),
+            "url": args.url,
+            "path": args.path,
+            "concurrency": args.concurrency,
+            "results": rows,
+        });
+        std::fs::write(
+            out,
+            serde_json::to_vec_pretty(&report).expect("JSON values serialize"),
+        )
+        .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
+    }
+    Ok(())
 }
 
 fn request_body(

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::flags::FlagsConfig;
 use crate::governor::GovernorConfig;
+use crate::speculation::SpeculationConfig;
 
 /// Where the default model lands after `scripts/setup.sh` fetched it.
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -32,6 +34,8 @@ pub struct RuntimeConfig {
     pub engine: EngineConfig,
     pub governor: GovernorConfig,
     pub admission: AdmissionConfig,
+    pub flags: FlagsConfig,
+    pub speculation: SpeculationConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +92,16 @@ pub struct ServerConfig {
     pub max_stop_sequences: usize,
     /// Longest stop string accepted, in bytes.
     pub max_stop_bytes: usize,
+    /// An idle SSE stream (no token yet, or a long prefill) gets a comment
+    /// line this often, so proxies and clients do not time it out.
+    pub sse_keepalive_ms: u64,
+    /// Bearer token for `/admin/*`; the admin endpoints answer 404 when unset.
+    pub admin_api_key: Option<String>,
+    /// Serve TLS on the port (ALPN offers h2 and http/1.1) instead of
+    /// cleartext HTTP/1.1 + h2c.
+    pub tls: Option<TlsConfig>,
+    pub http2: Http2Config,
+    pub websocket: WebSocketConfig,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +113,73 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 30,
             max_stop_sequences: 4,
             max_stop_bytes: 256,
+            sse_keepalive_ms: 15_000,
+            admin_api_key: None,
+            tls: None,
+            http2: Http2Config::default(),
+            websocket: WebSocketConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2Config {
+    /// Offer HTTP/2 to new connections (h2c prior knowledge, ALPN h2).
+    /// Switchable at run time; open connections keep their protocol.
+    pub enabled: bool,
+    /// Streams one connection may run at once.
+    pub max_concurrent_streams: u32,
+    /// Flow-control window per stream and per connection, in bytes: large
+    /// enough that a reading client never waits on WINDOW_UPDATE.
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
+    /// PING an idle connection this often; close it when the PONG takes
+    /// longer than `keepalive_timeout_ms`. 0 disables pings.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrent_streams: 256,
+            stream_window_bytes: 1024 * 1024,
+            connection_window_bytes: 8 * 1024 * 1024,
+            keepalive_interval_ms: 20_000,
+            keepalive_timeout_ms: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Largest message a client may send; larger ones close the socket
+    /// with 1009 (message too big).
+    pub max_message_bytes: usize,
+    /// Streams one socket may run at once; more get an error message.
+    pub max_streams_per_socket: usize,
+    /// Server pings this often; a socket silent for two intervals is closed.
+    pub ping_interval_ms: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_streams_per_socket: 16,
+            ping_interval_ms: 20_000,
         }
     }
 }
@@ -162,6 +243,10 @@ pub struct EngineConfig {
     pub stream_buffer_events: usize,
     /// Requests waiting for a free sequence before new ones get 503.
     pub max_waiting: usize,
+    /// A finished sequence keeps its KV; a new request takes the idle
+    /// sequence holding the longest prefix of its prompt and prefills only
+    /// the rest. Off: every sequence starts empty.
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -175,6 +260,7 @@ impl Default for EngineConfig {
             threads: 0,
             stream_buffer_events: 64,
             max_waiting: 1024,
+            prefix_cache: true,
         }
     }
 }
@@ -227,6 +313,22 @@ impl RuntimeConfig {
                 "engine.max_sequences must be at least 1",
             ),
             (
+                self.server.http2.max_concurrent_streams == 0,
+                "server.http2.max_concurrent_streams must be at least 1",
+            ),
+            (
+                self.server.websocket.max_streams_per_socket == 0
+                    || self.server.websocket.ping_interval_ms == 0,
+                "server.websocket.max_streams_per_socket and ping_interval_ms must be positive",
+            ),
+            (
+                self.server
+                    .admin_api_key
+                    .as_ref()
+                    .is_some_and(|key| key.trim().len() < 16),
+                "server.admin_api_key must be at least 16 characters",
+            ),
+            (
                 engine.context_per_sequence < 16,
                 "engine.context_per_sequence must be at least 16",
             ),
@@ -248,10 +350,10 @@ impl RuntimeConfig {
                 "server.max_body_bytes must be at least 1024",
             ),
         ];
-        match checks.iter().find(|(failed, _)| *failed) {
-            Some((_, message)) => Err(ConfigError::Invalid((*message).to_owned())),
-            None => Ok(()),
+        if let Some((_, message)) = checks.iter().find(|(failed, _)| *failed) {
+            return Err(ConfigError::Invalid((*message).to_owned()));
         }
+        self.flags.validate().map_err(ConfigError::Invalid)
     }
 }
 

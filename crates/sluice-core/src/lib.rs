@@ -4,5 +4,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod flags;
 pub mod governor;
+pub mod speculation;
 pub mod window;

@@ -59,6 +59,15 @@ pub struct EngineStats {
     pub generated_tokens_total: AtomicU64,
     pub finished_total: AtomicU64,
     pub cancelled_total: AtomicU64,
+    /// Prefix cache: requests looked up and their prompt tokens.
+    pub prefix_cache_queries_total: AtomicU64,
+    pub prefix_cache_query_tokens_total: AtomicU64,
+    /// Requests that reused a cached prefix, and the prompt tokens reused
+    /// (not prefilled).
+    pub prefix_cache_hits_total: AtomicU64,
+    pub prefix_cache_hit_tokens_total: AtomicU64,
+    /// Idle sequences whose cached tokens were dropped to make room.
+    pub prefix_cache_evictions_total: AtomicU64,
 }
 
 #[derive(Debug, Clone)]

@@ -71,13 +71,17 @@ pub struct Usage {
     pub completion_tokens: u32,
 }
 
-/// How long the request spent in each engine stage.
+/// How long the request spent in each engine stage, and how much of its
+/// prefill the prefix cache saved.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct EngineTimings {
     /// From arrival until the engine gave it a sequence.
     pub queue: Duration,
     /// From getting a sequence until the first token was sampled.
     pub prefill: Duration,
+    /// Prompt tokens whose KV came from the prefix cache instead of being
+    /// prefilled (vLLM's `usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

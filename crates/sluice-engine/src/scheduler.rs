@@ -3,6 +3,7 @@
 //! stream and spends the rest of the step's token budget on prefill chunks of
 //! new streams, so a long prompt never freezes running streams.
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ use crate::{EngineError, EngineStats};
 const PENALTY_WINDOW: i32 = 64;
 /// How long the loop waits for commands while every stream is parked.
 const PARKED_POLL: Duration = Duration::from_millis(2);
+/// Shorter cached prefixes are not worth keeping a slot's other tokens for:
+/// a slot matching less is treated as no match.
+const MIN_PREFIX_REUSE: usize = 16;
 
 pub(crate) struct Submission {
     pub request: GenerationRequest,
@@ -42,12 +46,19 @@ struct Sequence {
     seq_id: i32,
     admission_order: u64,
     prompt: Vec<i32>,
-    /// Prompt tokens already in the KV cache.
+    /// Prompt tokens already in the KV cache (reused ones included).
     prefilled: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    reused: usize,
     /// Sampled token whose KV is not computed yet.
     next_token: Option<i32>,
-    /// Tokens in this sequence's KV cells.
-    n_past: i32,
+    /// The tokens in this sequence's KV cells, by position: prompt tokens
+    /// prefilled, then decoded tokens. What the slot caches when it ends.
+    kv_tokens: Vec<i32>,
+    /// A running sequence whose prompt starts like this one's: this one
+    /// copies that prefix's KV once the source has it, instead of
+    /// prefilling it too. Skipped in the batch until then.
+    copy_from: Option<PrefixSource>,
     sampler: LlamaSampler,
     utf8: Utf8Assembler,
     stop: StopMatcher,
@@ -90,6 +101,7 @@ impl Sequence {
             prefill: self
                 .first_token_at
                 .map_or(Duration::ZERO, |first| first - self.admitted_at),
+            cached_tokens: self.reused as u32,
         }
     }
 }
@@ -114,6 +126,26 @@ struct Draining {
     undelivered: VecDeque<StreamEvent>,
 }
 
+/// The first `len` prompt tokens of the sequence admitted `admission_order`th,
+/// in `slot`.
+#[derive(Clone, Copy)]
+struct PrefixSource {
+    slot: usize,
+    admission_order: u64,
+    len: usize,
+}
+
+/// What a free slot's KV cells still hold, for the prefix cache.
+#[derive(Default)]
+struct CachedPrefix {
+    /// The tokens at positions `0..len` of the slot's KV; empty when the
+    /// slot is in use or its KV was cleared.
+    tokens: Vec<i32>,
+    /// When the slot was last freed (a counter), for least-recently-used
+    /// eviction.
+    freed_at: u64,
+}
+
 pub(crate) struct Scheduler {
     model: Arc<LoadedModel>,
     ctx: LlamaContext<'static>,
@@ -121,6 +153,9 @@ pub(crate) struct Scheduler {
     config: EngineConfig,
     stats: Arc<EngineStats>,
     slots: Vec<Option<Sequence>>,
+    /// Per slot, what its KV holds while the slot is free.
+    cached: Vec<CachedPrefix>,
+    frees: u64,
     waiting: VecDeque<Submission>,
     draining: Vec<Draining>,
     next_admission: u64,
@@ -158,6 +193,9 @@ impl Scheduler {
             .map_err(|err| EngineError::Load(format!("creating the llama.cpp context: {err}")))?;
         let batch = LlamaBatch::new(batch_tokens as usize, 1);
         let slots = (0..config.max_sequences).map(|_| None).collect();
+        let cached = (0..config.max_sequences)
+            .map(|_| CachedPrefix::default())
+            .collect();
         Ok(Self {
             model,
             ctx,
@@ -165,6 +203,8 @@ impl Scheduler {
             config,
             stats,
             slots,
+            cached,
+            frees: 0,
             waiting: VecDeque::new(),
             draining: Vec::new(),
             next_admission: 0,
@@ -181,6 +221,9 @@ impl Scheduler {
                 if !handles_alive {
                     return;
                 }
+                // The last step may have finished sequences after it
+                // published: publish the idle state before blocking.
+                self.publish_stats();
                 match commands.recv() {
                     Ok(submission) => self.enqueue(submission),
                     Err(_) => return,
@@ -223,6 +266,7 @@ impl Scheduler {
         self.flush_draining();
         self.release_abandoned();
         self.admit_waiting();
+        self.copy_prefixes();
         self.build_batch();
         self.publish_stats();
         if self.batch.n_tokens() == 0 {
@@ -254,7 +298,7 @@ impl Scheduler {
                 seq.events.is_closed() || matches!(seq.flush(), Delivery::ClientGone)
             });
             if gone {
-                self.free_slot(slot);
+                self.free_slot(slot, true);
                 self.stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -269,18 +313,183 @@ impl Scheduler {
     }
 
     fn admit_waiting(&mut self) {
-        while !self.waiting.is_empty() {
-            let Some(slot) = self.slots.iter().position(Option::is_none) else {
-                return;
-            };
+        while !self.waiting.is_empty() && self.slots.iter().any(Option::is_none) {
             let submission = self.waiting.pop_front().expect("checked non-empty");
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            let sequence = self.start_sequence(slot, submission);
+            let (slot, kv_tokens, copy_from) = self.take_slot(&submission.request.prompt_tokens);
+            let mut sequence = self.start_sequence(slot, kv_tokens, submission);
+            sequence.copy_from = copy_from;
             self.slots[slot] = Some(sequence);
         }
     }
 
-    fn start_sequence(&mut self, slot: usize, submission: Submission) -> Sequence {
+    /// Picks a free slot (there must be one) for `prompt` and readies its
+    /// KV: the slot with the longest cached prefix of the prompt keeps that
+    /// prefix, else the least recently used free slot is cleared, and it may
+    /// wait to copy a running sequence's prefix. Returns the slot, the prompt
+    /// tokens its KV already holds and the prefix to copy. Only free slots
+    /// are taken: the KV of a running stream is never evicted or truncated.
+    fn take_slot(&mut self, prompt: &[i32]) -> (usize, Vec<i32>, Option<PrefixSource>) {
+        let free = (0..self.slots.len()).filter(|&slot| self.slots[slot].is_none());
+        if !self.config.prefix_cache {
+            // Freed slots were cleared, so any one starts empty.
+            let slot = free.min().expect("caller checked for a free slot");
+            return (slot, Vec::new(), None);
+        }
+        // Longest match first; among equal matches the least recently used,
+        // whose other tokens are the least likely to be asked for again.
+        let (slot, common) = free
+            .map(|slot| (slot, common_prefix(&self.cached[slot].tokens, prompt)))
+            .max_by_key(|&(slot, common)| (common, Reverse(self.cached[slot].freed_at)))
+            .expect("caller checked for a free slot");
+        self.stats
+            .prefix_cache_queries_total
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .prefix_cache_query_tokens_total
+            .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+        // At least one prompt token is decoded, for the logits of the first
+        // sampled token.
+        let usable = prompt.len().saturating_sub(1);
+        let reuse = common.min(usable);
+        // A copy moves a whole KV stream; it must save more than reuse does.
+        let copy_from = self
+            .busy_prefix(prompt)
+            .map(|source| PrefixSource {
+                len: source.len.min(usable),
+                ..source
+            })
+            .filter(|source| source.len >= reuse + MIN_PREFIX_REUSE);
+        if copy_from.is_none() && reuse >= MIN_PREFIX_REUSE && self.truncate_kv(slot, reuse) {
+            let mut tokens = std::mem::take(&mut self.cached[slot].tokens);
+            tokens.truncate(reuse);
+            self.stats
+                .prefix_cache_hits_total
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .prefix_cache_hit_tokens_total
+                .fetch_add(reuse as u64, Ordering::Relaxed);
+            return (slot, tokens, None);
+        }
+        // No useful match: an empty slot if there is one, else the least
+        // recently used cached prefix gives way.
+        let victim = (0..self.slots.len())
+            .filter(|&slot| self.slots[slot].is_none())
+            .min_by_key(|&slot| {
+                let cached = &self.cached[slot];
+                (!cached.tokens.is_empty(), cached.freed_at)
+            })
+            .expect("caller checked for a free slot");
+        if !self.cached[victim].tokens.is_empty() {
+            self.stats
+                .prefix_cache_evictions_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.clear_kv(victim);
+        (victim, Vec::new(), copy_from)
+    }
+
+    /// The running sequence whose prompt shares the longest prefix with
+    /// `prompt`, if that prefix is worth copying.
+    fn busy_prefix(&self, prompt: &[i32]) -> Option<PrefixSource> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, seq)| {
+                let seq = seq.as_ref()?;
+                Some(PrefixSource {
+                    slot,
+                    admission_order: seq.admission_order,
+                    len: common_prefix(&seq.prompt, prompt),
+                })
+            })
+            .max_by_key(|source| source.len)
+            .filter(|source| source.len >= MIN_PREFIX_REUSE)
+    }
+
+    /// Starts the copies whose source now holds the prefix. A source admitted
+    /// earlier prefills first, so waiting for it is never slower than
+    /// prefilling the prefix again. llama.cpp copies the cell metadata now
+    /// and the buffer at the start of the next decode, before that decode
+    /// writes any cell, so the data matches the metadata whatever the source
+    /// slot does next.
+    fn copy_prefixes(&mut self) {
+        for slot in 0..self.slots.len() {
+            let Some(source) = self.slots[slot].as_ref().and_then(|seq| seq.copy_from) else {
+                continue;
+            };
+            let held = match &self.slots[source.slot] {
+                Some(seq) if seq.admission_order == source.admission_order => {
+                    if seq.kv_tokens.len() < source.len {
+                        continue;
+                    }
+                    source.len
+                }
+                // The source ended (a one-token answer, a client gone): its
+                // KV may still be cached in its free slot.
+                None => {
+                    let prompt = &self.slots[slot].as_ref().expect("listed above").prompt;
+                    common_prefix(&self.cached[source.slot].tokens, prompt)
+                }
+                Some(_) => 0,
+            };
+            // Otherwise this sequence prefills the prefix itself.
+            let copied = held >= source.len && self.copy_kv(source.slot, slot, source.len);
+            let seq = self.slots[slot].as_mut().expect("slot listed above");
+            seq.copy_from = None;
+            if copied {
+                seq.kv_tokens = seq.prompt[..source.len].to_vec();
+                seq.prefilled = source.len;
+                seq.reused = source.len;
+                self.stats
+                    .prefix_cache_hits_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .prefix_cache_hit_tokens_total
+                    .fetch_add(source.len as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Replaces `to`'s KV by the first `len` positions of `from`'s; false
+    /// (with `to` cleared) when the cache cannot cut the copy there.
+    fn copy_kv(&mut self, from: usize, to: usize, len: usize) -> bool {
+        self.ctx
+            .kv_cache_seq_cp(from as i32, to as i32, None, None)
+            .expect("whole-sequence copy has no positions to convert");
+        self.truncate_kv(to, len)
+    }
+
+    /// Drops a free slot's KV from position `keep` on; false when the cache
+    /// cannot keep that prefix (the slot is then cleared).
+    fn truncate_kv(&mut self, slot: usize, keep: usize) -> bool {
+        let seq_id = slot as i32;
+        // Recurrent state cannot be cut at a position, and a sliding-window
+        // cache may have pruned the prefix's early positions already.
+        let kept = self
+            .ctx
+            .kv_cache_seq_rm(seq_id, Some(keep as u32), None)
+            .is_ok()
+            && self.ctx.kv_cache_seq_pos_min(seq_id) == 0;
+        if !kept {
+            self.clear_kv(slot);
+        }
+        kept
+    }
+
+    fn clear_kv(&mut self, slot: usize) {
+        self.ctx
+            .clear_kv_cache_seq(Some(slot as u32), None, None)
+            .expect("sequence id fits i32");
+        self.cached[slot].tokens.clear();
+    }
+
+    fn start_sequence(
+        &mut self,
+        slot: usize,
+        kv_tokens: Vec<i32>,
+        submission: Submission,
+    ) -> Sequence {
         let Submission { request, events } = submission;
         let sampler = build_sampler(&request.sampling, self.model.model.n_vocab());
         let admission_order = self.next_admission;
@@ -289,9 +498,11 @@ impl Scheduler {
             seq_id: slot as i32,
             admission_order,
             prompt: request.prompt_tokens,
-            prefilled: 0,
+            prefilled: kv_tokens.len(),
+            reused: kv_tokens.len(),
             next_token: None,
-            n_past: 0,
+            kv_tokens,
+            copy_from: None,
             sampler,
             utf8: Utf8Assembler::default(),
             stop: StopMatcher::new(request.stop),
@@ -318,13 +529,19 @@ impl Scheduler {
             if !seq.undelivered.is_empty() {
                 continue;
             }
-            if let Some(token) = seq.next_token {
+            if let Some(token) = seq.next_token.take() {
                 let index = self.batch.n_tokens();
                 self.batch
-                    .add(LlamaToken(token), seq.n_past, &[seq.seq_id], true)
+                    .add(
+                        LlamaToken(token),
+                        seq.kv_tokens.len() as i32,
+                        &[seq.seq_id],
+                        true,
+                    )
                     .expect("batch holds a decode token per sequence");
+                seq.kv_tokens.push(token);
                 self.sample_at.push((slot, index));
-            } else if seq.is_prefilling() {
+            } else if seq.is_prefilling() && seq.copy_from.is_none() {
                 prefilling.push((seq.admission_order, slot));
             }
         }
@@ -362,15 +579,9 @@ impl Scheduler {
             self.stats
                 .prompt_tokens_processed_total
                 .fetch_add((end - seq.prefilled) as u64, Ordering::Relaxed);
-            seq.n_past += (end - seq.prefilled) as i32;
+            seq.kv_tokens
+                .extend_from_slice(&seq.prompt[seq.prefilled..end]);
             seq.prefilled = end;
-        }
-        // Decode tokens' KV is in after this step; count them now.
-        for &(slot, _) in &self.sample_at {
-            let seq = self.slots[slot].as_mut().expect("sampled slot is live");
-            if seq.next_token.take().is_some() {
-                seq.n_past += 1;
-            }
         }
     }
 
@@ -399,7 +610,7 @@ impl Scheduler {
         now: Instant,
     ) -> Option<FinishReason> {
         let vocab = self.model.model.vocab();
-        let context_limit = self.model.context_per_sequence as i32;
+        let context_limit = self.model.context_per_sequence as usize;
         let seq = self.slots[slot]
             .as_mut()
             .expect("accepting for a live slot");
@@ -426,14 +637,14 @@ impl Scheduler {
         if stopped {
             return Some(FinishReason::Stop);
         }
-        if seq.generated >= seq.max_tokens || seq.n_past + 1 >= context_limit {
+        if seq.generated >= seq.max_tokens || seq.kv_tokens.len() + 1 >= context_limit {
             return Some(FinishReason::Length);
         }
         seq.next_token = Some(token.0);
         None
     }
 
-    /// Ends a stream: flushes held text, sends usage and frees its KV cells.
+    /// Ends a stream: flushes held text, sends usage and frees its slot.
     fn finish(&mut self, slot: usize, reason: FinishReason) {
         let seq = self.slots[slot].as_mut().expect("finishing a live slot");
         // After a stop string matched, the matcher holds nothing; otherwise
@@ -457,16 +668,22 @@ impl Scheduler {
             timings,
         });
         self.stats.finished_total.fetch_add(1, Ordering::Relaxed);
-        self.free_slot(slot);
+        self.free_slot(slot, true);
     }
 
-    fn free_slot(&mut self, slot: usize) {
+    /// Frees a slot. With the prefix cache on and `keep_kv`, its KV stays
+    /// and is remembered as a cached prefix; otherwise it is cleared.
+    fn free_slot(&mut self, slot: usize, keep_kv: bool) {
         let Some(seq) = self.slots[slot].take() else {
             return;
         };
-        self.ctx
-            .clear_kv_cache_seq(Some(seq.seq_id as u32), None, None)
-            .expect("sequence id fits i32");
+        self.frees += 1;
+        self.cached[slot].freed_at = self.frees;
+        if keep_kv && self.config.prefix_cache {
+            self.cached[slot].tokens = seq.kv_tokens;
+        } else {
+            self.clear_kv(slot);
+        }
         if !seq.undelivered.is_empty() && !seq.events.is_closed() {
             self.draining.push(Draining {
                 events: seq.events,
@@ -493,7 +710,8 @@ impl Scheduler {
                     message: message.to_owned(),
                 });
             }
-            self.free_slot(slot);
+            // What a failed decode left in these cells is unknown.
+            self.free_slot(slot, false);
         }
     }
 
@@ -504,7 +722,7 @@ impl Scheduler {
         for seq in self.slots.iter().flatten() {
             running += 1;
             parked += usize::from(!seq.undelivered.is_empty());
-            kv_tokens += seq.n_past as usize;
+            kv_tokens += seq.kv_tokens.len();
         }
         self.stats.running.store(running, Ordering::Relaxed);
         self.stats.parked.store(parked, Ordering::Relaxed);
@@ -512,6 +730,10 @@ impl Scheduler {
             .kv_tokens_in_use
             .store(kv_tokens, Ordering::Relaxed);
     }
+}
+
+fn common_prefix(a: &[i32], b: &[i32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {

@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a GGUF model over the OpenAI API (HTTP/1.1 and h2c on one port).
+    /// Serve a GGUF model over the OpenAI API (HTTP/1.1 and h2c on one port,
+    /// or TLS with ALPN; WebSockets on /v1/ws).
     Serve(ServeArgs),
 }
 
@@ -71,27 +72,33 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+/// The config file (or the defaults) with the command line's overrides.
+fn load_config(args: &ServeArgs) -> Result<RuntimeConfig, String> {
     let mut config = match &args.config {
         Some(path) => RuntimeConfig::load(path).map_err(|err| err.to_string())?,
         None => RuntimeConfig::default(),
     };
-    if let Some(host) = args.host {
-        config.server.host = host;
+    if let Some(host) = &args.host {
+        config.server.host.clone_from(host);
     }
     if let Some(port) = args.port {
         config.server.port = port;
     }
-    if let Some(model) = args.model {
-        config.model.path = model;
+    if let Some(model) = &args.model {
+        config.model.path.clone_from(model);
     }
-    if let Some(name) = args.served_name {
-        config.model.served_name = Some(name);
+    if let Some(name) = &args.served_name {
+        config.model.served_name = Some(name.clone());
     }
-    if let Some(template) = args.chat_template {
-        config.model.chat_template = Some(template);
+    if let Some(template) = &args.chat_template {
+        config.model.chat_template = Some(template.clone());
     }
     config.validate().map_err(|err| err.to_string())?;
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = load_config(&args)?;
     let chat_template = match &config.model.chat_template {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -103,7 +110,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|err| {
             format!(
-                "cannot listen on {}:{}: {err}",
+                "cannot start serving on {}:{}: {err}",
                 config.server.host, config.server.port
             )
         })?;
@@ -111,7 +118,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         addr = %server.local_addr,
         model = %config.model.path.display(),
         served_name = %config.model.served_name(),
-        "listening (HTTP/1.1 and h2c)"
+        transport = if config.server.tls.is_some() {
+            "TLS (ALPN h2, http/1.1)"
+        } else {
+            "HTTP/1.1 and h2c"
+        },
+        "listening"
     );
     let engine = server.engine().clone();
     let load_failure = async move {
@@ -120,9 +132,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Err(err) => err,
         }
     };
+    let reloads = reload_on_sighup(&server, &args, config);
     let outcome = tokio::select! {
         () = shutdown_signal() => Ok(()),
         err = load_failure => Err(err.to_string()),
+        () = reloads => Ok(()),
     };
     server.shutdown();
     server
@@ -130,6 +144,28 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|err| format!("server error: {err}"))?;
     outcome
+}
+
+/// On SIGHUP, reads the config file again and applies what can change at
+/// run time; a file that fails to parse or validate changes nothing.
+async fn reload_on_sighup(server: &RunningServer, args: &ServeArgs, mut current: RuntimeConfig) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+    while hangup.recv().await.is_some() {
+        if args.config.is_none() {
+            tracing::warn!("SIGHUP: no --config file to reload");
+            continue;
+        }
+        match load_config(args) {
+            Ok(next) => {
+                let needs_restart = server.reload(&current, &next);
+                tracing::info!(?needs_restart, "SIGHUP: reloaded flags and protocol mode");
+                current = next;
+            }
+            Err(err) => tracing::error!(%err, "SIGHUP: config not reloaded"),
+        }
+    }
+    std::future::pending().await
 }
 
 async fn shutdown_signal() {

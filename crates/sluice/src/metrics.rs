@@ -97,12 +97,19 @@ pub struct Metrics {
     /// prefill, first write.
     pub ttft_stage: HistogramFamily,
     pub governor: GovernorMetrics,
+    pub speculation_hits: Counter,
+    pub speculation_tokens: Counter,
+    pub speculation_entries: Gauge,
+    pub speculation_bytes: Gauge,
+    /// TTFT by feature-flag cohort, to compare a canary with its baseline.
+    pub cohort_ttft: HistogramFamily,
     running: Gauge,
     waiting: Gauge,
     parked: Gauge,
     kv_tokens_in_use: Gauge,
     engine_steps: Counter,
     engine_cancellations: Counter,
+    prefix_cache: PrefixCacheMetrics,
     /// Serialises scrapes: engine totals are copied into counters by delta.
     scrape: Mutex<()>,
 }
@@ -138,12 +145,18 @@ impl Metrics {
             requests_rejected: Family::default(),
             ttft_stage: Family::new_with_constructor(stage_histogram),
             governor: GovernorMetrics::default(),
+            speculation_hits: Counter::default(),
+            speculation_tokens: Counter::default(),
+            speculation_entries: Gauge::default(),
+            speculation_bytes: Gauge::default(),
+            cohort_ttft: Family::new_with_constructor(stage_histogram),
             running: Gauge::default(),
             waiting: Gauge::default(),
             parked: Gauge::default(),
             kv_tokens_in_use: Gauge::default(),
             engine_steps: Counter::default(),
             engine_cancellations: Counter::default(),
+            prefix_cache: PrefixCacheMetrics::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -194,6 +207,31 @@ impl Metrics {
         );
         metrics.governor.register(&mut registry);
         registry.register(
+            "sluice:speculation_hits",
+            "Requests given a cached opening (first-token speculation)",
+            metrics.speculation_hits.clone(),
+        );
+        registry.register(
+            "sluice:speculation_tokens_served",
+            "Tokens sent from cached openings instead of generated",
+            metrics.speculation_tokens.clone(),
+        );
+        registry.register(
+            "sluice:speculation_cache_entries",
+            "Cached openings held",
+            metrics.speculation_entries.clone(),
+        );
+        registry.register(
+            "sluice:speculation_cache_bytes",
+            "Bytes held by cached openings",
+            metrics.speculation_bytes.clone(),
+        );
+        registry.register(
+            "sluice:cohort_time_to_first_token_seconds",
+            "Time to first token by feature flag and cohort (canary or baseline)",
+            metrics.cohort_ttft.clone(),
+        );
+        registry.register(
             "sluice:num_requests_running",
             "Sequences in the engine's running batch",
             metrics.running.clone(),
@@ -223,6 +261,7 @@ impl Metrics {
             "Sequences freed because their client went away",
             metrics.engine_cancellations.clone(),
         );
+        metrics.prefix_cache.register(&mut registry);
         Self {
             registry,
             ..metrics
@@ -273,9 +312,67 @@ impl Metrics {
             &self.engine_cancellations,
             engine.cancelled_total.load(Ordering::Relaxed),
         );
+        self.prefix_cache.advance(engine);
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// The engine's prefix cache counters.
+#[derive(Default)]
+struct PrefixCacheMetrics {
+    queries: Counter,
+    query_tokens: Counter,
+    hits: Counter,
+    hit_tokens: Counter,
+    evictions: Counter,
+}
+
+impl PrefixCacheMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "sluice:prefix_cache_queries",
+                "Requests looked up in the prefix cache",
+                &self.queries,
+            ),
+            (
+                "sluice:prefix_cache_query_tokens",
+                "Prompt tokens of requests looked up in the prefix cache",
+                &self.query_tokens,
+            ),
+            (
+                "sluice:prefix_cache_hits",
+                "Requests that reused a cached prompt prefix",
+                &self.hits,
+            ),
+            (
+                "sluice:prefix_cache_hit_tokens",
+                "Prompt tokens reused from the prefix cache instead of prefilled",
+                &self.hit_tokens,
+            ),
+            (
+                "sluice:prefix_cache_evictions",
+                "Cached prefixes dropped to make room for a new request",
+                &self.evictions,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
+
+    fn advance(&self, engine: &EngineStats) {
+        for (counter, total) in [
+            (&self.queries, &engine.prefix_cache_queries_total),
+            (&self.query_tokens, &engine.prefix_cache_query_tokens_total),
+            (&self.hits, &engine.prefix_cache_hits_total),
+            (&self.hit_tokens, &engine.prefix_cache_hit_tokens_total),
+            (&self.evictions, &engine.prefix_cache_evictions_total),
+        ] {
+            advance_to(counter, total.load(Ordering::Relaxed));
+        }
     }
 }
 

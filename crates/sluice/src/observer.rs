@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_core::flags::Cohort;
 use sluice_engine::{EngineTimings, FinishReason, Usage};
 
 use crate::api::sse::Endpoint;
@@ -19,6 +20,8 @@ pub struct RequestInfo {
     /// When admission granted the stream its permit.
     pub admitted_at: Instant,
     pub prompt_tokens: usize,
+    /// The feature-flag cohorts the request is in, by flag name.
+    pub cohorts: Vec<(&'static str, Cohort)>,
 }
 
 pub struct RequestObserver {
@@ -31,6 +34,7 @@ pub struct RequestObserver {
     /// When admission granted the stream its permit.
     admitted_at: Instant,
     prompt_tokens: usize,
+    cohorts: Vec<(&'static str, Cohort)>,
     first_token_at: Option<Instant>,
     /// Released at the first token, or when the request ends without one.
     awaiting_first_token: Option<AwaitingFirstToken>,
@@ -53,6 +57,7 @@ impl RequestObserver {
             arrived_at: request.arrived_at,
             admitted_at: request.admitted_at,
             prompt_tokens: request.prompt_tokens,
+            cohorts: request.cohorts,
             first_token_at: None,
             awaiting_first_token,
             last_token_at: None,
@@ -69,6 +74,12 @@ impl RequestObserver {
                 self.first_token_at = Some(now);
                 self.awaiting_first_token = None;
                 self.metrics.observe_ttft(ttft);
+                for (flag, cohort) in &self.cohorts {
+                    self.metrics
+                        .cohort_ttft
+                        .get_or_create(&vec![("flag", *flag), ("cohort", cohort.as_str())])
+                        .observe(ttft.as_secs_f64());
+                }
                 self.metrics
                     .observe_stage("first_token_after_admission", now - self.admitted_at);
                 // The governor sees TTFT from admission: the wait it imposes

@@ -1,8 +1,9 @@
 //! HTTP handlers: OpenAI endpoints, health, models and metrics.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -12,11 +13,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use serde_json::json;
 use sluice_core::admission::{Permit, Rejection};
-use sluice_engine::{EngineError, EngineStatus, GenerationRequest, GenerationStream, StreamEvent};
+use sluice_core::speculation::{CachedOpening, OpeningCache};
+use sluice_engine::{
+    EngineError, EngineStatus, EngineTimings, FinishReason, GenerationRequest, GenerationStream,
+    StreamEvent, Usage,
+};
 
 use crate::api::error::ApiError;
 use crate::api::openai::{ChatCompletionRequest, CompletionRequest, ValidatedParams};
-use crate::api::sse::{ChunkFramer, Endpoint, usage_json};
+use crate::api::sse::{ChunkFramer, Endpoint, Framing, usage_json};
 use crate::observer::{RequestInfo, RequestObserver};
 use crate::server::AppState;
 
@@ -38,23 +43,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let arrived_at = Instant::now();
-    let tenant = state.tenant(&headers)?;
-    let body = body_bytes(body, state.limits.max_body_bytes)?;
-    let request = ChatCompletionRequest::parse(&body)?;
-    let messages = request.chat_messages()?;
-    let params = request
-        .common
-        .validate(&state.served_name, &state.limits, arrived_at)?;
-    let model = state.ready_model()?;
-    let prompt = tokio::task::spawn_blocking(move || model.tokenize_chat(&messages))
-        .await
-        .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?
-        .map_err(|err| ApiError::invalid("messages", err.to_string()))?;
-    state
-        .metrics
-        .observe_stage("tokenize", arrived_at.elapsed());
-    generate(&state, Endpoint::Chat, prompt, params, tenant, "messages").await
+    respond(&state, Endpoint::Chat, &headers, body).await
 }
 
 pub async fn completions(
@@ -62,40 +51,117 @@ pub async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let arrived_at = Instant::now();
-    let tenant = state.tenant(&headers)?;
-    let body = body_bytes(body, state.limits.max_body_bytes)?;
-    let request = CompletionRequest::parse(&body)?;
-    let prompt = request.prompt_text()?.to_owned();
-    let params = request
-        .common
-        .validate(&state.served_name, &state.limits, arrived_at)?;
-    let model = state.ready_model()?;
-    let prompt = tokio::task::spawn_blocking(move || model.tokenize(&prompt, true))
-        .await
-        .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?;
-    state
-        .metrics
-        .observe_stage("tokenize", arrived_at.elapsed());
-    generate(
-        &state,
-        Endpoint::Completion,
-        prompt,
-        params,
-        tenant,
-        "prompt",
-    )
-    .await
+    respond(&state, Endpoint::Completion, &headers, body).await
 }
 
-async fn generate(
+async fn respond(
     state: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let arrived_at = Instant::now();
+    let tenant = state.tenant(headers)?;
+    let body = body_bytes(body, state.limits.max_body_bytes)?;
+    let prepared = prepare(state, endpoint, tenant, &body, arrived_at).await?;
+    let started = start(state, prepared).await?;
+    if started.stream {
+        Ok(sse_response(state, started))
+    } else {
+        collect_response(state, started).await
+    }
+}
+
+/// A request parsed, validated and tokenized: ready for admission.
+pub struct Prepared {
     endpoint: Endpoint,
     prompt: Vec<i32>,
     params: ValidatedParams,
     tenant: String,
-    prompt_param: &str,
-) -> Result<Response, ApiError> {
+    prompt_param: &'static str,
+    tokenize_time: Duration,
+}
+
+impl Prepared {
+    /// Streams whatever the request asked for (a WebSocket always streams).
+    pub fn force_stream(&mut self) {
+        self.params.stream = true;
+    }
+}
+
+/// Parses, validates and tokenizes a request body. Tokenizing runs on a
+/// blocking thread so neither the engine nor the async workers do it.
+pub async fn prepare(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    tenant: String,
+    body: &[u8],
+    arrived_at: Instant,
+) -> Result<Prepared, ApiError> {
+    let (prompt, params, prompt_param) = match endpoint {
+        Endpoint::Chat => {
+            let request = ChatCompletionRequest::parse(body)?;
+            let messages = request.chat_messages()?;
+            let params = request
+                .common
+                .validate(&state.served_name, &state.limits, arrived_at)?;
+            let model = state.ready_model()?;
+            let prompt = tokio::task::spawn_blocking(move || model.tokenize_chat(&messages))
+                .await
+                .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?
+                .map_err(|err| ApiError::invalid("messages", err.to_string()))?;
+            (prompt, params, "messages")
+        }
+        Endpoint::Completion => {
+            let request = CompletionRequest::parse(body)?;
+            let prompt = request.prompt_text()?.to_owned();
+            let params = request
+                .common
+                .validate(&state.served_name, &state.limits, arrived_at)?;
+            let model = state.ready_model()?;
+            let prompt = tokio::task::spawn_blocking(move || model.tokenize(&prompt, true))
+                .await
+                .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?;
+            (prompt, params, "prompt")
+        }
+    };
+    let tokenize_time = arrived_at.elapsed();
+    state.metrics.observe_stage("tokenize", tokenize_time);
+    Ok(Prepared {
+        endpoint,
+        prompt,
+        params,
+        tenant,
+        prompt_param,
+        tokenize_time,
+    })
+}
+
+/// A generation running in the engine, with its permit and observer: what
+/// the SSE writer, the non-streaming collector and the WebSocket gateway
+/// each turn into their own framing.
+pub struct Started {
+    pub id: String,
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub server_timing: String,
+    driver: GenerationDriver,
+}
+
+/// Checks the context, waits for admission and submits to the engine. A
+/// deterministic request whose opening is cached (first-token speculation)
+/// gets it at once; the engine continues from the prompt plus that opening,
+/// or is not needed at all when the opening is the whole answer.
+pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started, ApiError> {
+    let Prepared {
+        endpoint,
+        prompt,
+        params,
+        tenant,
+        prompt_param,
+        tokenize_time,
+    } = prepared;
     let model = state.ready_model()?;
     let limit = model.context_per_sequence;
     if prompt.len() >= limit as usize {
@@ -110,27 +176,48 @@ async fn generate(
         .max_tokens
         .map_or(room, |requested| requested.min(room));
     let prompt_tokens = prompt.len();
+    let prefix_cache = state
+        .flags
+        .snapshot()
+        .prefix_cache
+        .decide("prefix_cache", &tenant);
+    let speculation = Speculation::plan(state, &tenant, &prompt, &params, max_tokens, limit);
     let queued_at = Instant::now();
-    let permit = state
-        .admission
-        .acquire(&tenant)
-        .await
-        .map_err(|rejection| admission_error(state, &tenant, rejection))?;
+    let permit = if speculation.serves_whole_answer() {
+        None
+    } else {
+        Some(
+            state
+                .admission
+                .acquire(&tenant)
+                .await
+                .map_err(|rejection| admission_error(state, &tenant, rejection))?,
+        )
+    };
     let admitted_at = Instant::now();
-    state
-        .metrics
-        .observe_stage("admission", admitted_at - queued_at);
-    let generation = state
-        .engine
-        .submit(GenerationRequest {
-            prompt_tokens: prompt,
-            sampling: params.sampling,
-            max_tokens,
-            stop: params.stop,
-            ignore_eos: params.ignore_eos,
-            arrived_at: params.arrived_at,
-        })
-        .map_err(engine_error)?;
+    let queue_time = admitted_at - queued_at;
+    state.metrics.observe_stage("admission", queue_time);
+    let generation = match &speculation {
+        Speculation::Whole { .. } => None,
+        _ => {
+            let served = speculation.served_token_ids();
+            let mut prompt_tokens = prompt;
+            prompt_tokens.extend_from_slice(&served);
+            Some(
+                state
+                    .engine
+                    .submit(GenerationRequest {
+                        prompt_tokens,
+                        sampling: params.sampling,
+                        max_tokens: max_tokens - served.len() as u32,
+                        stop: params.stop,
+                        ignore_eos: params.ignore_eos,
+                        arrived_at: params.arrived_at,
+                    })
+                    .map_err(engine_error)?,
+            )
+        }
+    };
     let id = format!("{}{}", endpoint.id_prefix(), state.next_request_id());
     let observer = RequestObserver::new(
         Arc::clone(&state.metrics),
@@ -142,43 +229,243 @@ async fn generate(
             arrived_at: params.arrived_at,
             admitted_at,
             prompt_tokens,
+            cohorts: vec![("prefix_cache", prefix_cache.cohort)],
         },
     );
-    if params.stream {
-        let framer = ChunkFramer::new(
-            endpoint,
-            &id,
-            unix_now(),
-            &state.served_name,
-            params.include_usage,
-        );
-        let writer = StreamWriter {
+    Ok(Started {
+        id,
+        endpoint,
+        stream: params.stream,
+        include_usage: params.include_usage,
+        server_timing: format!(
+            "tokenize;dur={:.3}, queue;dur={:.3}",
+            millis(tokenize_time),
+            millis(queue_time)
+        ),
+        driver: GenerationDriver {
             generation,
-            framer,
+            opening: speculation.into_opening(state, prompt_tokens as u32),
             observer,
             state: Arc::clone(state),
             _permit: permit,
-            include_usage: params.include_usage,
-            opened: false,
             done: false,
+        },
+    })
+}
+
+/// First-token speculation for one request.
+enum Speculation {
+    /// Not eligible: sampled, has stop strings, or the flag is off for it.
+    Off,
+    /// Eligible, nothing cached: record the opening as it streams.
+    Record { key: Vec<u8> },
+    /// Send the cached opening, then the engine continues after it.
+    Continue { opening: CachedOpening },
+    /// The cached opening is the whole answer (or reaches `max_tokens`).
+    Whole {
+        opening: CachedOpening,
+        reason: FinishReason,
+    },
+}
+
+impl Speculation {
+    fn plan(
+        state: &AppState,
+        tenant: &str,
+        prompt: &[i32],
+        params: &ValidatedParams,
+        max_tokens: u32,
+        context: u32,
+    ) -> Self {
+        let flags = state.flags.snapshot();
+        let decision = flags
+            .first_token_speculation
+            .decide("first_token_speculation", tenant);
+        let deterministic = params.sampling.temperature == 0.0 || params.sampling.seed.is_some();
+        // A stop string could straddle the seam between the cached opening
+        // and the engine's continuation, where neither side would see it.
+        if !decision.on || !deterministic || !params.stop.is_empty() {
+            return Self::Off;
+        }
+        let key = speculation_key(prompt, params);
+        let Some(mut opening) = lock_cache(state).get(&key, Instant::now()) else {
+            return Self::Record { key };
         };
-        let body = futures::stream::unfold(writer, |mut writer| async move {
-            writer
-                .next_frame()
-                .await
-                .map(|frame| (Ok::<Bytes, Infallible>(frame), writer))
+        // Serve at most `max_tokens` tokens from the opening.
+        let mut tokens = 0;
+        let fits = opening.pieces.iter().take_while(|(_, ids)| {
+            tokens += ids.len();
+            tokens <= max_tokens as usize
         });
-        Ok((
-            [
-                (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            Body::from_stream(body),
-        )
-            .into_response())
-    } else {
-        collect_response(state, endpoint, id, generation, observer, permit).await
+        let fitting = fits.count();
+        if fitting < opening.pieces.len() || opening.token_count() >= max_tokens as usize {
+            let complete = opening.complete && fitting == opening.pieces.len();
+            opening.pieces.truncate(fitting);
+            let reason = if complete {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            };
+            return Self::Whole { opening, reason };
+        }
+        if opening.complete {
+            return Self::Whole {
+                opening,
+                reason: FinishReason::Stop,
+            };
+        }
+        if prompt.len() + opening.token_count() >= context as usize {
+            return Self::Off;
+        }
+        Self::Continue { opening }
     }
+
+    fn serves_whole_answer(&self) -> bool {
+        matches!(self, Self::Whole { .. })
+    }
+
+    fn served_token_ids(&self) -> Vec<i32> {
+        match self {
+            Self::Continue { opening } | Self::Whole { opening, .. } => opening
+                .pieces
+                .iter()
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect(),
+            Self::Off | Self::Record { .. } => Vec::new(),
+        }
+    }
+
+    fn into_opening(self, state: &AppState, prompt_tokens: u32) -> OpeningState {
+        let first_tokens = lock_cache(state).first_tokens();
+        match self {
+            Self::Off => OpeningState::default(),
+            Self::Record { key } => OpeningState {
+                recorder: Some(OpeningRecorder {
+                    key,
+                    opening: CachedOpening::default(),
+                    limit: first_tokens,
+                }),
+                ..OpeningState::default()
+            },
+            Self::Continue { opening } => OpeningState::serve(state, opening, None, prompt_tokens),
+            Self::Whole { opening, reason } => {
+                OpeningState::serve(state, opening, Some(reason), prompt_tokens)
+            }
+        }
+    }
+}
+
+fn lock_cache(state: &AppState) -> std::sync::MutexGuard<'_, OpeningCache> {
+    state
+        .speculation
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The exact prompt and every parameter that shapes the answer's opening
+/// (not `max_tokens`: it only cuts the answer short).
+fn speculation_key(prompt: &[i32], params: &ValidatedParams) -> Vec<u8> {
+    let sampling = &params.sampling;
+    let mut key = Vec::with_capacity(prompt.len() * 4 + 48);
+    for token in prompt {
+        key.extend_from_slice(&token.to_le_bytes());
+    }
+    for value in [
+        sampling.temperature,
+        sampling.top_p,
+        sampling.min_p,
+        sampling.repetition_penalty,
+        sampling.presence_penalty,
+        sampling.frequency_penalty,
+    ] {
+        key.extend_from_slice(&value.to_le_bytes());
+    }
+    key.extend_from_slice(&sampling.top_k.to_le_bytes());
+    key.extend_from_slice(&sampling.seed.map_or([0xff; 9], |seed| {
+        let mut bytes = [0; 9];
+        bytes[1..].copy_from_slice(&seed.to_le_bytes());
+        bytes
+    }));
+    key.push(u8::from(params.ignore_eos));
+    key
+}
+
+/// A request's side of the opening cache: the cached pieces still to send
+/// (and how they change the engine's usage), or the recorder of its own
+/// opening for the requests after it.
+#[derive(Default)]
+struct OpeningState {
+    pending: VecDeque<String>,
+    /// Tokens served from the cache: the engine counts them as prompt.
+    served_tokens: u32,
+    /// The request's own prompt length, for the usage it is shown.
+    prompt_tokens: u32,
+    /// Served wholly from the cache, ending with this reason.
+    whole: Option<FinishReason>,
+    recorder: Option<OpeningRecorder>,
+}
+
+impl OpeningState {
+    fn serve(
+        state: &AppState,
+        opening: CachedOpening,
+        whole: Option<FinishReason>,
+        prompt_tokens: u32,
+    ) -> Self {
+        let served_tokens = opening.token_count() as u32;
+        state.metrics.speculation_hits.inc();
+        state
+            .metrics
+            .speculation_tokens
+            .inc_by(u64::from(served_tokens));
+        Self {
+            pending: opening.pieces.into_iter().map(|(text, _)| text).collect(),
+            served_tokens,
+            prompt_tokens,
+            whole,
+            recorder: None,
+        }
+    }
+
+    /// The usage the client sees: its own prompt, and every token it got.
+    fn client_usage(&self, engine: Usage) -> Usage {
+        if self.served_tokens == 0 {
+            return engine;
+        }
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: engine.completion_tokens + self.served_tokens,
+        }
+    }
+}
+
+/// Collects a deterministic request's first pieces and stores them.
+struct OpeningRecorder {
+    key: Vec<u8>,
+    opening: CachedOpening,
+    limit: usize,
+}
+
+impl OpeningRecorder {
+    /// Adds a piece; true once the opening is long enough to store.
+    fn push(&mut self, text: &str, token_ids: &[i32]) -> bool {
+        self.opening
+            .pieces
+            .push((text.to_owned(), token_ids.to_vec()));
+        self.opening.pieces.len() >= self.limit
+    }
+
+    fn store(self, state: &AppState) {
+        let mut cache = lock_cache(state);
+        cache.insert(self.key, self.opening, Instant::now());
+        let usage = cache.usage();
+        state.metrics.speculation_entries.set(usage.entries as i64);
+        state.metrics.speculation_bytes.set(usage.bytes as i64);
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiError {
@@ -235,61 +522,93 @@ fn engine_error(err: EngineError) -> ApiError {
     }
 }
 
-/// Turns one generation into SSE frames, ending with `[DONE]` however the
-/// generation ends (finish, engine error, server shutdown).
-struct StreamWriter {
-    generation: GenerationStream,
-    framer: ChunkFramer,
+/// What a stream delivers next, before framing.
+pub enum Chunk {
+    Text(String),
+    Finish {
+        reason: FinishReason,
+        usage: Usage,
+    },
+    /// The stream ends with this error.
+    Error(ApiError),
+}
+
+/// Pulls a generation's events, accounts for them and ends however the
+/// generation ends (finish, engine error, server shutdown). Owns the
+/// admission permit: dropping the driver (client gone, stream cancelled)
+/// releases it and drops the engine stream, which frees the sequence.
+struct GenerationDriver {
+    /// None when the opening cache serves the whole answer.
+    generation: Option<GenerationStream>,
+    opening: OpeningState,
     observer: RequestObserver,
     state: Arc<AppState>,
-    /// Held for the stream's whole life; dropping the writer releases it.
-    _permit: Permit,
-    include_usage: bool,
-    opened: bool,
+    _permit: Option<Permit>,
     done: bool,
 }
 
-impl StreamWriter {
-    async fn next_frame(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
+impl GenerationDriver {
+    /// The next chunk, waiting for it; `None` after the stream ended.
+    /// Cancel-safe: nothing is consumed unless a chunk is returned.
+    async fn next(&mut self) -> Option<Chunk> {
+        if let Some(chunk) = self.ready_without_engine() {
+            return chunk;
         }
-        let mut out = BytesMut::with_capacity(512);
-        if !self.opened {
-            self.opened = true;
-            self.framer.role(&mut out);
-            if !out.is_empty() {
-                return Some(out.freeze());
-            }
-        }
+        let generation = self.generation.as_mut()?;
         let event = tokio::select! {
-            event = self.generation.next() => event,
+            event = generation.next() => event,
             () = self.state.streams_cancelled() => {
                 self.done = true;
                 self.observer.fail("shutdown");
-                self.framer.error(&ApiError::unavailable("The server is shutting down."), &mut out);
-                return Some(out.freeze());
+                return Some(Chunk::Error(ApiError::unavailable("The server is shutting down.")));
             }
         };
-        self.write_event(event, &mut out);
-        // A client that is behind gets the ready events in one write.
-        for _ in 1..MAX_COALESCED_EVENTS {
-            if self.done {
-                break;
-            }
-            match self.generation.try_next() {
-                Some(event) => self.write_event(Some(event), &mut out),
-                None => break,
-            }
-        }
-        Some(out.freeze())
+        Some(self.chunk(event))
     }
 
-    fn write_event(&mut self, event: Option<StreamEvent>, out: &mut BytesMut) {
+    /// A chunk that is ready now, without waiting.
+    fn try_next(&mut self) -> Option<Chunk> {
+        if let Some(chunk) = self.ready_without_engine() {
+            return chunk;
+        }
+        let event = self.generation.as_mut()?.try_next()?;
+        Some(self.chunk(Some(event)))
+    }
+
+    /// What comes before (or instead of) the engine: the end once done,
+    /// cached opening pieces, the finish of an answer served from the cache.
+    fn ready_without_engine(&mut self) -> Option<Option<Chunk>> {
+        if self.done {
+            return Some(None);
+        }
+        if let Some(text) = self.opening.pending.pop_front() {
+            self.observer.token_written(Instant::now());
+            return Some(Some(Chunk::Text(text)));
+        }
+        if self.generation.is_some() {
+            return None;
+        }
+        self.done = true;
+        let reason = self.opening.whole.unwrap_or(FinishReason::Length);
+        let usage = self.opening.client_usage(Usage::default());
+        self.observer
+            .finished(reason, usage, EngineTimings::default());
+        Some(Some(Chunk::Finish { reason, usage }))
+    }
+
+    fn chunk(&mut self, event: Option<StreamEvent>) -> Chunk {
         match event {
-            Some(StreamEvent::Token { text, .. }) => {
+            Some(StreamEvent::Token { text, token_ids }) => {
                 self.observer.token_written(Instant::now());
-                self.framer.text(&text, out);
+                let long_enough = self
+                    .opening
+                    .recorder
+                    .as_mut()
+                    .is_some_and(|recorder| recorder.push(&text, &token_ids));
+                if long_enough && let Some(recorder) = self.opening.recorder.take() {
+                    recorder.store(&self.state);
+                }
+                Chunk::Text(text)
             }
             Some(StreamEvent::Finished {
                 reason,
@@ -297,55 +616,153 @@ impl StreamWriter {
                 timings,
             }) => {
                 self.done = true;
+                // An answer that ended within the opening is cached whole;
+                // one cut by `max_tokens` is still a valid opening.
+                if let Some(mut recorder) = self.opening.recorder.take() {
+                    recorder.opening.complete = reason == FinishReason::Stop;
+                    recorder.store(&self.state);
+                }
+                let usage = self.opening.client_usage(usage);
                 self.observer.finished(reason, usage, timings);
-                self.framer
-                    .finish(reason, self.include_usage.then_some(usage), out);
+                Chunk::Finish { reason, usage }
             }
             Some(StreamEvent::Error { message }) => {
                 self.done = true;
                 self.observer.fail("engine_error");
-                self.framer.error(&ApiError::internal(message), out);
+                Chunk::Error(ApiError::internal(message))
             }
             None => {
                 self.done = true;
                 self.observer.fail("engine_error");
-                self.framer.error(
-                    &ApiError::internal("The engine ended the stream unexpectedly."),
-                    out,
-                );
+                Chunk::Error(ApiError::internal(
+                    "The engine ended the stream unexpectedly.",
+                ))
             }
         }
     }
 }
 
-async fn collect_response(
-    state: &Arc<AppState>,
-    endpoint: Endpoint,
-    id: String,
-    mut generation: GenerationStream,
-    mut observer: RequestObserver,
-    _permit: Permit,
-) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    loop {
-        let event = tokio::select! {
-            event = generation.next() => event,
-            () = state.streams_cancelled() => {
-                observer.fail("shutdown");
-                return Err(ApiError::unavailable("The server is shutting down."));
+/// A chunk framed by `framer` into `out`.
+fn frame_chunk(framer: &ChunkFramer, chunk: &Chunk, out: &mut BytesMut) {
+    match chunk {
+        Chunk::Text(text) => framer.text(text, out),
+        Chunk::Finish { reason, usage } => framer.finish(*reason, *usage, out),
+        Chunk::Error(error) => framer.error(error, out),
+    }
+}
+
+/// Lets the WebSocket gateway drive a started generation with its own framing.
+pub struct ChunkSource(GenerationDriver);
+
+impl ChunkSource {
+    pub async fn next(&mut self) -> Option<Chunk> {
+        self.0.next().await
+    }
+}
+
+impl Started {
+    pub fn into_chunks(self) -> ChunkSource {
+        ChunkSource(self.driver)
+    }
+}
+
+/// An SSE comment: ignored by clients, keeps proxies from timing out.
+const SSE_KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// Frames chunks as SSE into one reused buffer.
+struct SseWriter {
+    driver: GenerationDriver,
+    framer: ChunkFramer,
+    buffer: BytesMut,
+    keepalive: Duration,
+    opened: bool,
+}
+
+/// Room reserved per write; a frame rarely exceeds it, and reserving the
+/// same amount each time lets the buffer reclaim its own allocation once
+/// the transport has dropped the previous frame.
+const FRAME_RESERVE: usize = 4096;
+
+impl SseWriter {
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        self.buffer.reserve(FRAME_RESERVE);
+        if !self.opened {
+            self.opened = true;
+            self.framer.role(&mut self.buffer);
+            if !self.buffer.is_empty() {
+                return Some(self.buffer.split().freeze());
             }
+        }
+        let Ok(chunk) = tokio::time::timeout(self.keepalive, self.driver.next()).await else {
+            self.buffer.extend_from_slice(SSE_KEEPALIVE);
+            return Some(self.buffer.split().freeze());
         };
-        match event {
-            Some(StreamEvent::Token { text: piece, .. }) => {
-                observer.token_written(Instant::now());
+        let chunk = chunk?;
+        frame_chunk(&self.framer, &chunk, &mut self.buffer);
+        // A client that is behind gets the ready chunks in one write.
+        for _ in 1..MAX_COALESCED_EVENTS {
+            match self.driver.try_next() {
+                Some(chunk) => frame_chunk(&self.framer, &chunk, &mut self.buffer),
+                None => break,
+            }
+        }
+        Some(self.buffer.split().freeze())
+    }
+}
+
+fn sse_response(state: &Arc<AppState>, started: Started) -> Response {
+    let framer = ChunkFramer::new(
+        started.endpoint,
+        &started.id,
+        unix_now(),
+        &state.served_name,
+        started.include_usage,
+        Framing::Sse,
+    );
+    let writer = SseWriter {
+        driver: started.driver,
+        framer,
+        buffer: BytesMut::with_capacity(FRAME_RESERVE),
+        keepalive: Duration::from_millis(state.limits.sse_keepalive_ms.max(1)),
+        opened: false,
+    };
+    let body = futures::stream::unfold(writer, |mut writer| async move {
+        writer
+            .next_frame()
+            .await
+            .map(|frame| (Ok::<Bytes, Infallible>(frame), writer))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        [(SERVER_TIMING, started.server_timing)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
+
+async fn collect_response(state: &Arc<AppState>, started: Started) -> Result<Response, ApiError> {
+    let Started {
+        id,
+        endpoint,
+        server_timing,
+        mut driver,
+        ..
+    } = started;
+    let admitted_at = Instant::now();
+    let mut text = String::new();
+    let mut first_token_at = None;
+    loop {
+        match driver.next().await {
+            Some(Chunk::Text(piece)) => {
+                first_token_at.get_or_insert_with(Instant::now);
                 text.push_str(&piece);
             }
-            Some(StreamEvent::Finished {
-                reason,
-                usage,
-                timings,
-            }) => {
-                observer.finished(reason, usage, timings);
+            Some(Chunk::Finish { reason, usage }) => {
                 let choice = match endpoint {
                     Endpoint::Chat => json!({
                         "index": 0,
@@ -368,14 +785,16 @@ async fn collect_response(
                     "choices": [choice],
                     "usage": usage_json(usage),
                 });
-                return Ok(axum::Json(body).into_response());
+                let first_token = first_token_at.map_or(Duration::ZERO, |at| at - admitted_at);
+                let timing = format!(
+                    "{server_timing}, first_token;dur={:.3}, generate;dur={:.3}",
+                    millis(first_token),
+                    millis(admitted_at.elapsed())
+                );
+                return Ok(([(SERVER_TIMING, timing)], axum::Json(body)).into_response());
             }
-            Some(StreamEvent::Error { message }) => {
-                observer.fail("engine_error");
-                return Err(ApiError::internal(message));
-            }
+            Some(Chunk::Error(error)) => return Err(error),
             None => {
-                observer.fail("engine_error");
                 return Err(ApiError::internal(
                     "The engine ended the request unexpectedly.",
                 ));
@@ -442,7 +861,7 @@ pub async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -
     ApiError::method_not_allowed(method.as_str(), uri.path())
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())

@@ -12,9 +12,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, header};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post, put};
 use sluice_core::admission::{Admission, AdmissionLimits, TenantPolicy};
-use sluice_core::config::{RuntimeConfig, ServerConfig};
+use sluice_core::config::{Http2Config, RuntimeConfig, ServerConfig};
+use sluice_core::flags::Flags;
+use sluice_core::speculation::OpeningCache;
 use sluice_engine::{EngineHandle, EngineOptions, LoadedModel};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,6 +26,8 @@ use crate::api::error::ApiError;
 use crate::governor::{self, LatencyWindows};
 use crate::metrics::Metrics;
 use crate::routes;
+use crate::transport::{self, ProtocolMode, TlsAcceptors};
+use crate::{admin, ws};
 
 /// Requests without a known API key belong to this tenant.
 pub const DEFAULT_TENANT: &str = "default";
@@ -35,6 +39,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub admission: Arc<Admission>,
     pub latency: Arc<LatencyWindows>,
+    /// Whether new connections are offered HTTP/2.
+    pub protocol: Arc<ProtocolMode>,
+    pub flags: Flags,
+    /// First-token speculation's cached openings.
+    pub speculation: std::sync::Mutex<OpeningCache>,
     /// API key → tenant name.
     tenants_by_key: HashMap<String, String>,
     pub started_at_unix: u64,
@@ -100,6 +109,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
+        // `any`: WebSockets over HTTP/2 (RFC 8441) arrive as CONNECT.
+        .route("/v1/ws", any(ws::upgrade))
+        .route("/admin/state", get(admin::state))
+        .route("/admin/protocol", put(admin::set_protocol))
+        .route("/admin/flags/{name}", put(admin::set_flag))
         .route("/v1/models", get(routes::models))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
@@ -127,6 +141,12 @@ impl RunningServer {
             chat_template,
             config: config.engine.clone(),
         });
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(TlsAcceptors::load)
+            .transpose()?;
         let listener = TcpListener::bind((config.server.host.as_str(), config.server.port)).await?;
         let local_addr = listener.local_addr()?;
         let policies = config
@@ -171,6 +191,9 @@ impl RunningServer {
             metrics: Arc::clone(&metrics),
             admission: Arc::clone(&admission),
             latency: Arc::clone(&latency),
+            protocol: Arc::new(ProtocolMode::new(config.server.http2.enabled)),
+            flags: Flags::new(config.flags.clone()),
+            speculation: std::sync::Mutex::new(OpeningCache::new(config.speculation.clone())),
             tenants_by_key,
             started_at_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -192,13 +215,41 @@ impl RunningServer {
             shutdown.clone(),
         ));
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-        let task = tokio::spawn(serve(listener, Arc::clone(&state), shutdown.clone(), grace));
+        let task = tokio::spawn(serve(
+            listener,
+            tls,
+            config.server.http2.clone(),
+            Arc::clone(&state),
+            shutdown.clone(),
+            grace,
+        ));
         Ok(Self {
             local_addr,
             state,
             shutdown,
             task,
         })
+    }
+
+    /// Applies what can change without a restart from a reloaded config
+    /// (SIGHUP): feature flags and whether new connections get HTTP/2. Each
+    /// is swapped whole. Returns the names of the other sections that
+    /// differ, which need a restart.
+    pub fn reload(&self, previous: &RuntimeConfig, next: &RuntimeConfig) -> Vec<&'static str> {
+        self.state.flags.replace(next.flags.clone());
+        self.state.protocol.set_http2(next.server.http2.enabled);
+        let mut server = next.server.clone();
+        server.http2.enabled = previous.server.http2.enabled;
+        [
+            ("server", server != previous.server),
+            ("model", next.model != previous.model),
+            ("engine", next.engine != previous.engine),
+            ("governor", next.governor != previous.governor),
+            ("admission", next.admission != previous.admission),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
     }
 
     pub fn engine(&self) -> &EngineHandle {
@@ -220,27 +271,41 @@ impl RunningServer {
 
 async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptors>,
+    http2: Http2Config,
     state: Arc<AppState>,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> io::Result<()> {
     let app = router(Arc::clone(&state));
-    let drain = async move {
-        shutdown.cancelled().await;
-        state.draining.store(true, Ordering::Relaxed);
-        state.admission.close();
-        tracing::info!(
-            grace_seconds = grace.as_secs(),
-            "shutting down: draining streams"
-        );
-        let cancel = state.cancel_streams.clone();
-        tokio::spawn(async move {
+    let stop_accepting = CancellationToken::new();
+    let drain = {
+        let stop_accepting = stop_accepting.clone();
+        let state = Arc::clone(&state);
+        async move {
+            shutdown.cancelled().await;
+            state.draining.store(true, Ordering::Relaxed);
+            state.admission.close();
+            tracing::info!(
+                grace_seconds = grace.as_secs(),
+                "shutting down: draining streams"
+            );
+            stop_accepting.cancel();
             tokio::time::sleep(grace).await;
             tracing::warn!("grace period over: cancelling remaining streams");
-            cancel.cancel();
-        });
+            state.cancel_streams.cancel();
+        }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drain)
-        .await
+    let drain = tokio::spawn(drain);
+    transport::serve(
+        listener,
+        app,
+        tls,
+        &http2,
+        Arc::clone(&state.protocol),
+        stop_accepting,
+    )
+    .await;
+    drain.abort();
+    Ok(())
 }

@@ -159,6 +159,11 @@ impl ApiError {
         }
     }
 
+    /// The inner `{"message",…}` object alone, for framings that wrap it.
+    pub fn object_json(&self) -> String {
+        serde_json::to_string(&self.object()).expect("error bodies serialize")
+    }
+
     /// The body as an SSE `data:` payload, for errors after streaming began.
     pub fn to_json(&self) -> String {
         serde_json::to_string(&ErrorBody {

@@ -37,17 +37,33 @@ impl Endpoint {
     }
 }
 
+/// How chunks are wrapped on the wire: the JSON payloads are the same.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// `data: {chunk}\n\n`, ending with `data: [DONE]\n\n`.
+    Sse,
+    /// One WebSocket message per chunk, `{"type":"chunk","id":…,"data":{chunk}}`,
+    /// tagged with the client's stream id; ends with `{"type":"done",…}`.
+    WebSocket { stream_id: String },
+}
+
 pub struct ChunkFramer {
     endpoint: Endpoint,
     /// `{"id":…,"object":…,"created":…,"model":…`
     envelope: String,
-    /// `data: ` + envelope + `,"choices":[{"index":0,`
+    /// Framing prefix + envelope + `,"choices":[{"index":0,`
     choice_head: String,
-    /// Closes a choice chunk: `}]}` or `}],"usage":null}` plus the blank line.
-    choice_tail: &'static str,
+    /// Closes a choice chunk (`}]}` or `}],"usage":null}`) and the frame.
+    choice_tail: String,
+    /// Opens any other payload: `data: ` or the WebSocket message head.
+    frame_head: String,
+    frame_tail: &'static [u8],
+    done: String,
+    /// `{"type":"error","id":…,"error":` for WebSocket framing.
+    error_head: Option<String>,
+    /// `stream_options.include_usage`: a usage chunk before the end.
+    include_usage: bool,
 }
-
-const DONE: &[u8] = b"data: [DONE]\n\n";
 
 impl ChunkFramer {
     pub fn new(
@@ -56,6 +72,7 @@ impl ChunkFramer {
         created: u64,
         model: &str,
         include_usage: bool,
+        framing: Framing,
     ) -> Self {
         let envelope = format!(
             "{{\"id\":{},\"object\":\"{}\",\"created\":{created},\"model\":{}",
@@ -63,17 +80,46 @@ impl ChunkFramer {
             endpoint.object(true),
             json_string(model)
         );
-        let choice_head = format!("data: {envelope},\"choices\":[{{\"index\":0,");
-        let choice_tail = if include_usage {
-            "}],\"usage\":null}\n\n"
-        } else {
-            "}]}\n\n"
+        let (frame_head, frame_tail, done, error_head): (String, &[u8], String, _) = match &framing
+        {
+            Framing::Sse => (
+                "data: ".to_owned(),
+                b"\n\n",
+                "data: [DONE]\n\n".to_owned(),
+                None,
+            ),
+            Framing::WebSocket { stream_id } => {
+                let stream_id = json_string(stream_id);
+                (
+                    format!("{{\"type\":\"chunk\",\"id\":{stream_id},\"data\":"),
+                    b"}",
+                    format!("{{\"type\":\"done\",\"id\":{stream_id}}}"),
+                    Some(format!(
+                        "{{\"type\":\"error\",\"id\":{stream_id},\"error\":"
+                    )),
+                )
+            }
         };
+        let choice_head = format!("{frame_head}{envelope},\"choices\":[{{\"index\":0,");
+        let choice_tail = format!(
+            "{}{}",
+            if include_usage {
+                "}],\"usage\":null}"
+            } else {
+                "}]}"
+            },
+            std::str::from_utf8(frame_tail).expect("frame tails are ASCII")
+        );
         Self {
             endpoint,
             envelope,
             choice_head,
             choice_tail,
+            frame_head,
+            frame_tail,
+            done,
+            error_head,
+            include_usage,
         }
     }
 
@@ -105,8 +151,8 @@ impl ChunkFramer {
         out.put_slice(self.choice_tail.as_bytes());
     }
 
-    /// The last choice chunk, then the usage chunk if asked for, then `[DONE]`.
-    pub fn finish(&self, reason: FinishReason, usage: Option<Usage>, out: &mut BytesMut) {
+    /// The last choice chunk, carrying the finish reason.
+    pub fn finish_chunk(&self, reason: FinishReason, out: &mut BytesMut) {
         out.put_slice(self.choice_head.as_bytes());
         out.put_slice(match self.endpoint {
             Endpoint::Chat => br#""delta":{},"logprobs":null,"finish_reason":""#.as_slice(),
@@ -115,22 +161,47 @@ impl ChunkFramer {
         out.put_slice(reason.as_str().as_bytes());
         out.put_u8(b'"');
         out.put_slice(self.choice_tail.as_bytes());
-        if let Some(usage) = usage {
-            out.put_slice(b"data: ");
-            out.put_slice(self.envelope.as_bytes());
-            out.put_slice(b",\"choices\":[],\"usage\":");
-            out.put_slice(usage_json(usage).to_string().as_bytes());
-            out.put_slice(b"}\n\n");
-        }
-        out.put_slice(DONE);
     }
 
-    /// An error after the stream started: an error payload, then `[DONE]`.
+    /// The usage chunk of `stream_options.include_usage`: no choices.
+    pub fn usage_chunk(&self, usage: Usage, out: &mut BytesMut) {
+        out.put_slice(self.frame_head.as_bytes());
+        out.put_slice(self.envelope.as_bytes());
+        out.put_slice(b",\"choices\":[],\"usage\":");
+        out.put_slice(usage_json(usage).to_string().as_bytes());
+        out.put_u8(b'}');
+        out.put_slice(self.frame_tail);
+    }
+
+    pub fn done(&self, out: &mut BytesMut) {
+        out.put_slice(self.done.as_bytes());
+    }
+
+    /// The last choice chunk, then the usage chunk if asked for, then `[DONE]`.
+    pub fn finish(&self, reason: FinishReason, usage: Usage, out: &mut BytesMut) {
+        self.finish_chunk(reason, out);
+        if self.include_usage {
+            self.usage_chunk(usage, out);
+        }
+        self.done(out);
+    }
+
+    /// An error that ends the stream: over SSE an error payload, then
+    /// `[DONE]`; over a WebSocket one error message for the stream.
     pub fn error(&self, error: &ApiError, out: &mut BytesMut) {
-        out.put_slice(b"data: ");
-        out.put_slice(error.to_json().as_bytes());
-        out.put_slice(b"\n\n");
-        out.put_slice(DONE);
+        match &self.error_head {
+            None => {
+                out.put_slice(b"data: ");
+                out.put_slice(error.to_json().as_bytes());
+                out.put_slice(b"\n\n");
+                out.put_slice(self.done.as_bytes());
+            }
+            Some(head) => {
+                out.put_slice(head.as_bytes());
+                out.put_slice(error.object_json().as_bytes());
+                out.put_u8(b'}');
+            }
+        }
     }
 }
 
@@ -166,16 +237,16 @@ mod tests {
 
     #[test]
     fn chat_chunks_are_openai_shaped_json() {
-        let framer = ChunkFramer::new(Endpoint::Chat, "chatcmpl-1", 7, "m\"x", true);
+        let framer = ChunkFramer::new(Endpoint::Chat, "chatcmpl-1", 7, "m\"x", true, Framing::Sse);
         let mut out = BytesMut::new();
         framer.role(&mut out);
         framer.text("a \"quote\"\n\u{1}é", &mut out);
         framer.finish(
             FinishReason::Length,
-            Some(Usage {
+            Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,
-            }),
+            },
             &mut out,
         );
         let events = events(&out);
@@ -200,7 +271,7 @@ mod tests {
 
     #[test]
     fn completion_chunks_carry_text() {
-        let framer = ChunkFramer::new(Endpoint::Completion, "cmpl-1", 7, "m", false);
+        let framer = ChunkFramer::new(Endpoint::Completion, "cmpl-1", 7, "m", false, Framing::Sse);
         let mut out = BytesMut::new();
         framer.role(&mut out);
         framer.text("hi", &mut out);

@@ -93,6 +93,8 @@ pub fn sse_payloads(body: &str) -> Vec<String> {
     );
     body.trim_end_matches('\n')
         .split("\n\n")
+        // Comment lines are keep-alives.
+        .filter(|event| !event.starts_with(':'))
         .map(|event| {
             event
                 .strip_prefix("data: ")
