@@ -527,6 +527,8 @@ async fn run_engine(args: EngineArgs) -> Result<(), String> {
                 stop: Vec::new(),
                 ignore_eos,
                 arrived_at: started,
+                // engine.prefix_cache in the config decides.
+                use_prefix_cache: true,
             };
             let mut stream = match engine.submit(request) {
                 Ok(stream) => stream,

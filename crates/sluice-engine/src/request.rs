@@ -46,6 +46,9 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// When the request arrived, for queue-time accounting.
     pub arrived_at: Instant,
+    /// Look up a cached prefix (the `prefix_cache` flag's decision for this
+    /// request); false prefills the whole prompt.
+    pub use_prefix_cache: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,9 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens whose KV came from the prefix cache (vLLM's
+    /// `usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: u32,
 }
 
 /// How long the request spent in each engine stage, and how much of its

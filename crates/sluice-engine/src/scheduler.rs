@@ -316,7 +316,10 @@ impl Scheduler {
         while !self.waiting.is_empty() && self.slots.iter().any(Option::is_none) {
             let submission = self.waiting.pop_front().expect("checked non-empty");
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            let (slot, kv_tokens, copy_from) = self.take_slot(&submission.request.prompt_tokens);
+            let (slot, kv_tokens, copy_from) = self.take_slot(
+                &submission.request.prompt_tokens,
+                submission.request.use_prefix_cache,
+            );
             let mut sequence = self.start_sequence(slot, kv_tokens, submission);
             sequence.copy_from = copy_from;
             self.slots[slot] = Some(sequence);
@@ -329,12 +332,19 @@ impl Scheduler {
     /// wait to copy a running sequence's prefix. Returns the slot, the prompt
     /// tokens its KV already holds and the prefix to copy. Only free slots
     /// are taken: the KV of a running stream is never evicted or truncated.
-    fn take_slot(&mut self, prompt: &[i32]) -> (usize, Vec<i32>, Option<PrefixSource>) {
+    fn take_slot(
+        &mut self,
+        prompt: &[i32],
+        use_prefix_cache: bool,
+    ) -> (usize, Vec<i32>, Option<PrefixSource>) {
         let free = (0..self.slots.len()).filter(|&slot| self.slots[slot].is_none());
         if !self.config.prefix_cache {
             // Freed slots were cleared, so any one starts empty.
             let slot = free.min().expect("caller checked for a free slot");
             return (slot, Vec::new(), None);
+        }
+        if !use_prefix_cache {
+            return (self.evict_least_recently_used(), Vec::new(), None);
         }
         // Longest match first; among equal matches the least recently used,
         // whose other tokens are the least likely to be asked for again.
@@ -371,8 +381,12 @@ impl Scheduler {
                 .fetch_add(reuse as u64, Ordering::Relaxed);
             return (slot, tokens, None);
         }
-        // No useful match: an empty slot if there is one, else the least
-        // recently used cached prefix gives way.
+        (self.evict_least_recently_used(), Vec::new(), copy_from)
+    }
+
+    /// An empty free slot if there is one, else the free slot whose cached
+    /// prefix was used least recently, cleared.
+    fn evict_least_recently_used(&mut self) -> usize {
         let victim = (0..self.slots.len())
             .filter(|&slot| self.slots[slot].is_none())
             .min_by_key(|&slot| {
@@ -386,7 +400,7 @@ impl Scheduler {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.clear_kv(victim);
-        (victim, Vec::new(), copy_from)
+        victim
     }
 
     /// The running sequence whose prompt shares the longest prefix with
@@ -657,11 +671,12 @@ impl Scheduler {
                 token_ids,
             });
         }
+        let timings = seq.timings();
         let usage = Usage {
             prompt_tokens: seq.prompt.len() as u32,
             completion_tokens: seq.generated,
+            cached_tokens: timings.cached_tokens,
         };
-        let timings = seq.timings();
         seq.deliver(StreamEvent::Finished {
             reason,
             usage,

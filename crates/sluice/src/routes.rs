@@ -213,6 +213,7 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
                         stop: params.stop,
                         ignore_eos: params.ignore_eos,
                         arrived_at: params.arrived_at,
+                        use_prefix_cache: prefix_cache.on,
                     })
                     .map_err(engine_error)?,
             )
@@ -435,6 +436,7 @@ impl OpeningState {
         Usage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: engine.completion_tokens + self.served_tokens,
+            cached_tokens: engine.cached_tokens.min(self.prompt_tokens),
         }
     }
 }

@@ -183,3 +183,80 @@ async fn flags_change_through_the_admin_api_and_sighup_and_bad_files_change_noth
         50.0
     );
 }
+
+async fn metrics(server: &Server) -> String {
+    common::client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn set_prefix_cache(server: &Server, flag: Value) {
+    let response = common::client()
+        .put(format!("{}/admin/flags/prefix_cache", server.base))
+        .bearer_auth(ADMIN_KEY)
+        .json(&flag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+async fn complete(server: &Server, prompt: &str) {
+    let response = common::client()
+        .post(format!("{}/v1/completions", server.base))
+        .json(&json!({
+            "model": "SmolLM2-135M-Instruct.Q4_1",
+            "prompt": prompt,
+            "max_tokens": 2,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_prefix_cache_flag_decides_per_request_and_labels_the_cohort() {
+    let dir = std::env::temp_dir().join(format!("sluice-admin-flag-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("runtime.yaml");
+    let port = free_port();
+    std::fs::write(&config_path, config_yaml(port, 100.0, false)).unwrap();
+    let server = start(&config_path, port);
+    let prompt = "The lighthouse keeper climbed the stairs every evening, counting each \
+                  step, and at the top he lit the lamp that guided the ships home.";
+    let hits = "sluice:prefix_cache_hits_total";
+    let baseline =
+        r#"sluice:cohort_time_to_first_token_seconds_count{flag="prefix_cache",cohort="baseline"}"#;
+    let canary =
+        r#"sluice:cohort_time_to_first_token_seconds_count{flag="prefix_cache",cohort="canary"}"#;
+
+    set_prefix_cache(&server, json!({"kill_switch": true})).await;
+    let before = metrics(&server).await;
+    complete(&server, prompt).await;
+    complete(&server, prompt).await;
+    let after = metrics(&server).await;
+    assert_eq!(
+        sample(&after, hits),
+        sample(&before, hits),
+        "killed: no reuse"
+    );
+    assert_eq!(sample(&after, baseline) - sample(&before, baseline), 2.0);
+
+    set_prefix_cache(&server, json!({"rollout_percent": 100})).await;
+    complete(&server, prompt).await;
+    let on = metrics(&server).await;
+    assert_eq!(sample(&on, hits) - sample(&after, hits), 1.0, "on: reuse");
+    assert_eq!(sample(&on, canary) - sample(&after, canary), 1.0);
+}

@@ -210,6 +210,7 @@ pub fn usage_json(usage: Usage) -> serde_json::Value {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     })
 }
 
@@ -246,6 +247,7 @@ mod tests {
             Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,
+                cached_tokens: 1,
             },
             &mut out,
         );
@@ -266,6 +268,7 @@ mod tests {
         let usage: Value = serde_json::from_str(&events[3]).unwrap();
         assert_eq!(usage["choices"], serde_json::json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 5);
+        assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
         assert_eq!(events[4], "[DONE]");
     }
 
