@@ -165,8 +165,7 @@ impl Default for Http2Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
-    /// Largest message a client may send; larger ones close the socket
-    /// with 1009 (message too big).
+    /// Largest message a client may send; a larger one ends the socket.
     pub max_message_bytes: usize,
     /// Streams one socket may run at once; more get an error message.
     pub max_streams_per_socket: usize,

@@ -10,7 +10,8 @@
 //! chunk payloads as SSE, `{"type":"done","id":"s1"}`,
 //! `{"type":"cancelled","id":"s1"}` and
 //! `{"type":"error","id":"s1"|null,"error":{"message","type","param","code"}}`.
-//! A malformed message gets an error message; the socket stays open.
+//! A malformed message gets an error message; the socket stays open. A
+//! message over `server.websocket.max_message_bytes` ends the socket.
 //!
 //! Streams go through the same preparation, admission and generation driver
 //! as SSE; only the framing differs.

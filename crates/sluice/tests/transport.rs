@@ -388,3 +388,56 @@ async fn malformed_websocket_messages_get_errors_and_the_socket_stays_open() {
         assert_eq!(message["type"], "chunk", "{message}");
     }
 }
+
+#[tokio::test]
+async fn oversized_websocket_messages_end_that_socket_only() {
+    let _shared = ENGINE_EXCLUSIVE.read().await;
+    let mut socket = connect_ws().await;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    // The server may drop the socket before the whole message is written.
+    let _ = socket.send(Message::Text(huge.into())).await;
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Text(text))) => panic!("no reply to an oversized message: {text}"),
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    // The server goes on serving other sockets.
+    let mut socket = connect_ws().await;
+    send_json(&mut socket, ws_request("next", "Hi.", 2)).await;
+    loop {
+        let message = next_json(&mut socket).await;
+        if message["type"] == "done" {
+            break;
+        }
+        assert_eq!(message["type"], "chunk", "{message}");
+    }
+}
+
+#[tokio::test]
+async fn idle_sse_streams_get_keepalive_comments() {
+    let mut config = common::test_config();
+    config.engine.max_sequences = 2;
+    config.governor.max_streams = 2;
+    config.governor.min_streams = 1;
+    // Every gap between tokens (a decode step takes milliseconds) is
+    // longer than this, so comments appear between the chunks.
+    config.server.sse_keepalive_ms = 1;
+    let server = RunningServer::start(&config, None).await.unwrap();
+    server.engine().wait_ready().await.unwrap();
+    let body = common::client()
+        .post(format!("http://{}/v1/chat/completions", server.local_addr))
+        .json(&chat_request("Tell me about the sea.", 16))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(": keep-alive\n\n"), "{body}");
+    assert!(parse_stream(&body).finish_reason.is_some());
+    server.shutdown();
+    server.wait().await.unwrap();
+}
