@@ -6,5 +6,6 @@ pub mod admission;
 pub mod config;
 pub mod flags;
 pub mod governor;
+pub mod hints;
 pub mod speculation;
 pub mod window;

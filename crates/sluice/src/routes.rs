@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use serde_json::json;
 use sluice_core::admission::{Permit, Rejection};
+use sluice_core::hints;
 use sluice_core::speculation::{CachedOpening, OpeningCache};
 use sluice_engine::{
     EngineError, EngineStatus, EngineTimings, FinishReason, GenerationRequest, GenerationStream,
@@ -80,6 +81,8 @@ pub struct Prepared {
     tenant: String,
     prompt_param: &'static str,
     tokenize_time: Duration,
+    /// Stable hash of the model and the prompt's leading blocks.
+    prefix_hint: u64,
 }
 
 impl Prepared {
@@ -127,6 +130,7 @@ pub async fn prepare(
     };
     let tokenize_time = arrived_at.elapsed();
     state.metrics.observe_stage("tokenize", tokenize_time);
+    let prefix_hint = hints::prefix_hint(&state.served_name, &prompt);
     Ok(Prepared {
         endpoint,
         prompt,
@@ -134,6 +138,7 @@ pub async fn prepare(
         tenant,
         prompt_param,
         tokenize_time,
+        prefix_hint,
     })
 }
 
@@ -146,6 +151,8 @@ pub struct Started {
     pub stream: bool,
     pub include_usage: bool,
     pub server_timing: String,
+    /// Sent as `x-sluice-prefix-hint`, for routing by cached prefix.
+    pub prefix_hint: u64,
     driver: GenerationDriver,
 }
 
@@ -161,6 +168,7 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
         tenant,
         prompt_param,
         tokenize_time,
+        prefix_hint,
     } = prepared;
     let model = state.ready_model()?;
     let limit = model.context_per_sequence;
@@ -238,6 +246,7 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
         endpoint,
         stream: params.stream,
         include_usage: params.include_usage,
+        prefix_hint,
         server_timing: format!(
             "tokenize;dur={:.3}, queue;dur={:.3}",
             millis(tokenize_time),
@@ -739,19 +748,24 @@ fn sse_response(state: &Arc<AppState>, started: Started) -> Response {
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        [(SERVER_TIMING, started.server_timing)],
+        [
+            (SERVER_TIMING, started.server_timing),
+            (PREFIX_HINT, format!("{:016x}", started.prefix_hint)),
+        ],
         Body::from_stream(body),
     )
         .into_response()
 }
 
 const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
+const PREFIX_HINT: header::HeaderName = header::HeaderName::from_static("x-sluice-prefix-hint");
 
 async fn collect_response(state: &Arc<AppState>, started: Started) -> Result<Response, ApiError> {
     let Started {
         id,
         endpoint,
         server_timing,
+        prefix_hint,
         mut driver,
         ..
     } = started;
@@ -793,7 +807,11 @@ async fn collect_response(state: &Arc<AppState>, started: Started) -> Result<Res
                     millis(first_token),
                     millis(admitted_at.elapsed())
                 );
-                return Ok(([(SERVER_TIMING, timing)], axum::Json(body)).into_response());
+                let headers = [
+                    (SERVER_TIMING, timing),
+                    (PREFIX_HINT, format!("{prefix_hint:016x}")),
+                ];
+                return Ok((headers, axum::Json(body)).into_response());
             }
             Some(Chunk::Error(error)) => return Err(error),
             None => {

@@ -293,3 +293,59 @@ async fn h2c_prior_knowledge_streams_on_the_same_port() {
     let stream = parse_stream(&response.text().await.unwrap());
     assert!(stream.finish_reason.is_some());
 }
+
+#[tokio::test]
+async fn responses_say_where_time_went_and_carry_a_prefix_hint() {
+    let _shared = ENGINE_EXCLUSIVE.read().await;
+    // Longer than the hint's leading blocks (64 tokens), as system prompts are.
+    let system = "You are the harbour master's assistant. Answer questions about \
+        berths, tides, pilots and fees briefly and politely, in plain words. The \
+        harbour has twelve berths, a fuel dock and a slipway; pilots are required \
+        for vessels over forty metres; fees are charged per metre per night and \
+        paid at the office by the north gate, which opens at seven.";
+    let ask = |question: &str, stream: bool| {
+        json!({
+            "model": server().model,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 2,
+            "stream": stream,
+        })
+    };
+    let streamed = post("/v1/chat/completions", ask("When is high tide?", true)).await;
+    let timing = streamed.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        timing.contains("tokenize;dur=") && timing.contains("queue;dur="),
+        "{timing}"
+    );
+    let hint = streamed.headers()["x-sluice-prefix-hint"].clone();
+    streamed.text().await.unwrap();
+
+    let whole = post("/v1/chat/completions", ask("Where is berth 4?", false)).await;
+    let timing = whole.headers()["server-timing"].to_str().unwrap();
+    assert!(
+        timing.contains("first_token;dur=") && timing.contains("generate;dur="),
+        "{timing}"
+    );
+    assert_eq!(
+        whole.headers()["x-sluice-prefix-hint"],
+        hint,
+        "same system prompt, same hint"
+    );
+    let other = post(
+        "/v1/chat/completions",
+        json!({
+            "model": server().model,
+            "messages": [{"role": "user", "content": "A different conversation entirely, \
+                about mountains, snow, glaciers and the people who climb them."}],
+            "max_tokens": 2,
+        }),
+    )
+    .await;
+    assert_ne!(other.headers()["x-sluice-prefix-hint"], hint);
+}
