@@ -7,5 +7,7 @@ pub mod config;
 pub mod flags;
 pub mod governor;
 pub mod hints;
+pub mod policy;
+pub mod sketch;
 pub mod speculation;
 pub mod window;
