@@ -298,10 +298,24 @@ pub struct Probe {
 }
 
 impl HttpClient {
+    /// A `GET`'s body as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String, String> {
+        let (body, _) = self.get(path).await?;
+        String::from_utf8(body.to_vec()).map_err(|err| err.to_string())
+    }
+
     /// A `GET` whose response is read whole: isolates what the transport
     /// costs per request, with no generation behind it.
     pub async fn probe(&self, path: &str) -> Result<Probe, String> {
         let started = Instant::now();
+        let (_, connect_seconds) = self.get(path).await?;
+        Ok(Probe {
+            connect_seconds,
+            total_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<(Bytes, Option<f64>), String> {
         let (sender, connect_seconds) = self.sender().await?;
         let request = Request::get(path)
             .header(header::HOST, format!("{}:{}", self.host, self.port))
@@ -321,21 +335,19 @@ impl HttpClient {
             ),
         };
         let status = response.status();
-        response
+        let body = response
             .into_body()
             .collect()
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| err.to_string())?
+            .to_bytes();
         if status != StatusCode::OK {
             return Err(format!("HTTP {status}"));
         }
         if let (Transport::Http1 { keep_alive: true }, Some(sender)) = (self.transport, reusable) {
             self.idle_h1.lock().expect("pool lock").push(sender);
         }
-        Ok(Probe {
-            connect_seconds,
-            total_seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok((body, connect_seconds))
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::client::HttpClient;
 use crate::record::RequestRecord;
 use crate::workload::SplitMix64;
 
@@ -99,6 +100,27 @@ pub struct TimelinePoint {
     pub in_flight: usize,
     pub target: usize,
     pub completed: usize,
+    /// The server gauge read at this sample, when one is scraped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_gauge: Option<f64>,
+}
+
+/// A Prometheus gauge of the server read at every timeline sample, e.g.
+/// `sluice:governor_active_limit` to see the governor follow the load.
+#[derive(Clone)]
+pub struct ServerGauge {
+    pub client: Arc<HttpClient>,
+    pub name: String,
+}
+
+impl ServerGauge {
+    async fn read(&self) -> Option<f64> {
+        let text = self.client.get_text("/metrics").await.ok()?;
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(self.name.as_str())?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+    }
 }
 
 pub struct RunOutput {
@@ -139,7 +161,11 @@ impl Shared {
 }
 
 /// Runs `plan`, calling `run_one(index, record)` for each request.
-pub async fn drive<F, Fut>(plan: &RunPlan, run_one: F) -> RunOutput
+pub async fn drive<F, Fut>(
+    plan: &RunPlan,
+    server_gauge: Option<ServerGauge>,
+    run_one: F,
+) -> RunOutput
 where
     F: Fn(usize, RequestRecord) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = RequestRecord> + Send + 'static,
@@ -159,6 +185,7 @@ where
     let sampler = tokio::spawn(sample_timeline(
         Arc::clone(&shared),
         plan.clone(),
+        server_gauge,
         progress.clone(),
     ));
 
@@ -242,6 +269,7 @@ where
 async fn sample_timeline(
     shared: Arc<Shared>,
     plan: RunPlan,
+    server_gauge: Option<ServerGauge>,
     progress: ProgressBar,
 ) -> Vec<TimelinePoint> {
     let mut timeline = Vec::new();
@@ -264,6 +292,10 @@ async fn sample_timeline(
             in_flight: shared.in_flight.load(Ordering::Relaxed),
             target: plan.shape.target_at(t),
             completed,
+            server_gauge: match &server_gauge {
+                Some(gauge) => gauge.read().await,
+                None => None,
+            },
         };
         progress.set_message(format!(
             "in flight {} / target {}, completed {completed}, {:.1} output tok/s",
@@ -302,7 +334,7 @@ mod tests {
             warmup_seconds: 0.0,
             seed: 1,
         };
-        let output = drive(&plan, |_, mut record| async move {
+        let output = drive(&plan, None, |_, mut record| async move {
             record.status = 200;
             record
         })

@@ -151,6 +151,10 @@ struct RunArgs {
     /// Server process id: its CPU seconds per request and token are reported.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A server gauge to read from /metrics at every timeline sample (its
+    /// own keep-alive connection), e.g. sluice:governor_active_limit.
+    #[arg(long)]
+    scrape_gauge: Option<String>,
     /// API key sent as a bearer token (Sluice maps keys to tenants).
     #[arg(long)]
     api_key: Option<String>,
@@ -448,9 +452,20 @@ async fn run_http(args: RunArgs) -> Result<(), String> {
     let server_cpu_before = server_pid.as_deref().and_then(environment::cpu_seconds);
     let client_cpu_before = environment::cpu_seconds("self").unwrap_or(0.0);
     let path = args.api.path();
+    let server_gauge = match &args.scrape_gauge {
+        Some(name) => Some(load::ServerGauge {
+            client: Arc::new(HttpClient::new(
+                &args.url,
+                Transport::Http1 { keep_alive: true },
+                None,
+            )?),
+            name: name.clone(),
+        }),
+        None => None,
+    };
     let output = {
         let client = Arc::clone(&client);
-        load::drive(&plan, move |index, mut record| {
+        load::drive(&plan, server_gauge, move |index, mut record| {
             let client = Arc::clone(&client);
             let body = bodies[index % bodies.len()].clone();
             async move {
@@ -508,7 +523,7 @@ async fn run_engine(args: EngineArgs) -> Result<(), String> {
     );
     let client_cpu_before = environment::cpu_seconds("self").unwrap_or(0.0);
     let workload = args.workload.clone();
-    let output = load::drive(&plan, move |index, mut record| {
+    let output = load::drive(&plan, None, move |index, mut record| {
         let engine = engine.clone();
         let prompt = prompts[index % prompts.len()].clone();
         let sampling = SamplingParams {

@@ -333,13 +333,11 @@ pub fn write_svg(
     let end = timeline.last().map_or(1.0, |p| p.t).max(1.0);
     let max_streams = timeline
         .iter()
-        .map(|p| p.in_flight.max(p.target))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+        .map(|p| (p.in_flight.max(p.target) as f64).max(p.server_gauge.unwrap_or(0.0)))
+        .fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&areas[2])
         .caption(
-            "Streams in flight (blue) and target (red)",
+            "Streams in flight (blue), target (red), server gauge (green)",
             ("sans-serif", 18),
         )
         .margin(10)
@@ -354,6 +352,10 @@ pub fn write_svg(
     chart.draw_series(LineSeries::new(
         timeline.iter().map(|p| (p.t, p.target as f64)),
         &RED,
+    ))?;
+    chart.draw_series(LineSeries::new(
+        timeline.iter().filter_map(|p| Some((p.t, p.server_gauge?))),
+        &GREEN,
     ))?;
 
     let max_ttft = ttft.iter().copied().fold(1e-3, f64::max);

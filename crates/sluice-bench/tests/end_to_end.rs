@@ -35,7 +35,7 @@ async fn small_run_writes_a_consistent_report() {
     let args: Vec<String> = format!(
         "run --url {url} --api chat --concurrency 3 --requests 6 --prompt-words 20 \
          --prompt-spread 5 --max-tokens 8 --slo ttft=60s --transport h2c --connections 2 \
-         --name e2e --out"
+         --scrape-gauge sluice:governor_active_limit --name e2e --out"
     )
     .split_whitespace()
     .map(str::to_owned)
@@ -107,6 +107,14 @@ async fn small_run_writes_a_consistent_report() {
         "h2c pool of 2"
     );
     assert!(summary["wire_bytes_per_output_token"].as_f64().unwrap() > 0.0);
+    let timeline = report["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty());
+    assert!(
+        timeline
+            .iter()
+            .all(|point| point["server_gauge"].as_f64() == Some(8.0)),
+        "the scraped governor limit is the configured 8 streams"
+    );
 
     server.shutdown();
     server.wait().await.unwrap();
