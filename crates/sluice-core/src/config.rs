@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::flags::FlagsConfig;
 use crate::governor::GovernorConfig;
+use crate::policy::{Indicator, PolicyConfig};
 use crate::speculation::SpeculationConfig;
 
 /// Where the default model lands after `scripts/setup.sh` fetched it.
@@ -36,6 +37,64 @@ pub struct RuntimeConfig {
     pub admission: AdmissionConfig,
     pub flags: FlagsConfig,
     pub speculation: SpeculationConfig,
+    pub qos: QosConfig,
+}
+
+/// The SLO evaluator and the policy engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QosConfig {
+    /// Length of one evaluation window.
+    pub evaluation_interval_ms: u64,
+    pub slo: SloTargets,
+    pub policy: PolicyConfig,
+}
+
+impl Default for QosConfig {
+    fn default() -> Self {
+        Self {
+            evaluation_interval_ms: 10_000,
+            slo: SloTargets::default(),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+/// A window breaches the SLO when any indicator is above its target; a
+/// target left unset is not evaluated.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SloTargets {
+    pub ttft_p50_seconds: Option<f64>,
+    pub ttft_p95_seconds: Option<f64>,
+    pub itl_p95_seconds: Option<f64>,
+    pub max_error_rate: Option<f64>,
+    pub max_infra_cancel_rate: Option<f64>,
+    pub max_rejection_rate: Option<f64>,
+}
+
+impl SloTargets {
+    /// The indicators over their targets, with value and target.
+    pub fn breaches(
+        &self,
+        indicators: &std::collections::HashMap<Indicator, f64>,
+    ) -> Vec<(Indicator, f64, f64)> {
+        [
+            (Indicator::TtftP50Seconds, self.ttft_p50_seconds),
+            (Indicator::TtftP95Seconds, self.ttft_p95_seconds),
+            (Indicator::ItlP95Seconds, self.itl_p95_seconds),
+            (Indicator::ErrorRate, self.max_error_rate),
+            (Indicator::InfraCancelRate, self.max_infra_cancel_rate),
+            (Indicator::RejectionRate, self.max_rejection_rate),
+        ]
+        .into_iter()
+        .filter_map(|(indicator, target)| {
+            let target = target?;
+            let value = *indicators.get(&indicator)?;
+            (value > target).then_some((indicator, value, target))
+        })
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +305,10 @@ pub struct EngineConfig {
     /// sequence holding the longest prefix of its prompt and prefills only
     /// the rest. Off: every sequence starts empty.
     pub prefix_cache: bool,
+    /// KV prep: most prompt tokens per step the engine prefills for requests
+    /// still queued for admission, from budget the step leaves spare. 0 turns
+    /// KV prep off; it needs `prefix_cache`.
+    pub prep_tokens_per_step: u32,
 }
 
 impl Default for EngineConfig {
@@ -260,6 +323,7 @@ impl Default for EngineConfig {
             stream_buffer_events: 64,
             max_waiting: 1024,
             prefix_cache: true,
+            prep_tokens_per_step: 32,
         }
     }
 }

@@ -55,6 +55,10 @@ pub async fn state(
         },
         "draining": state.is_draining(),
         "flags": *state.flags.snapshot(),
+        "policy": {
+            "breaker_open": state.policy_log.breaker_open(),
+            "recent_actions": state.policy_log.recent(),
+        },
     }))
     .into_response())
 }

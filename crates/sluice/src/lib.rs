@@ -6,6 +6,7 @@ pub mod api;
 pub mod governor;
 pub mod metrics;
 pub mod observer;
+pub mod qos;
 pub mod routes;
 pub mod server;
 pub mod transport;

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sluice_core::governor::{Decision, Signals};
+use sluice_core::policy::Window;
 use sluice_engine::EngineStats;
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -110,6 +111,11 @@ pub struct Metrics {
     engine_steps: Counter,
     engine_cancellations: Counter,
     prefix_cache: PrefixCacheMetrics,
+    kv_cached_tokens: Gauge,
+    /// Policy actions taken, by action and the rule that took them.
+    pub policy_actions: Family<Vec<(&'static str, String)>, Counter>,
+    /// The QoS evaluator's current window, fed by the same observations.
+    qos_window: Mutex<Window>,
     /// Serialises scrapes: engine totals are copied into counters by delta.
     scrape: Mutex<()>,
 }
@@ -157,6 +163,9 @@ impl Metrics {
             engine_steps: Counter::default(),
             engine_cancellations: Counter::default(),
             prefix_cache: PrefixCacheMetrics::default(),
+            kv_cached_tokens: Gauge::default(),
+            policy_actions: Family::default(),
+            qos_window: Mutex::new(Window::new()),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -262,6 +271,16 @@ impl Metrics {
             metrics.engine_cancellations.clone(),
         );
         metrics.prefix_cache.register(&mut registry);
+        registry.register(
+            "sluice:policy_actions",
+            "Actions the QoS policy engine took, by action and rule",
+            metrics.policy_actions.clone(),
+        );
+        registry.register(
+            "sluice:kv_cached_tokens",
+            "KV cache cells held by idle sequences: cached prefixes and KV preps",
+            metrics.kv_cached_tokens.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -270,6 +289,38 @@ impl Metrics {
 
     pub fn observe_ttft(&self, ttft: Duration) {
         self.time_to_first_token.observe(ttft.as_secs_f64());
+        self.qos(|window| window.ttft.record(ttft.as_secs_f64()));
+    }
+
+    pub fn observe_itl(&self, seconds: f64) {
+        self.inter_token_latency.observe(seconds);
+        self.qos(|window| window.itl.record(seconds));
+    }
+
+    pub fn count_output_tokens(&self, tokens: u32) {
+        self.generation_tokens.inc_by(u64::from(tokens));
+        self.qos(|window| window.output_tokens += u64::from(tokens));
+    }
+
+    fn qos(&self, update: impl FnOnce(&mut Window)) {
+        update(
+            &mut self
+                .qos_window
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+
+    /// Ends the QoS window: returns it (covering `seconds`) and starts anew.
+    pub fn take_qos_window(&self, seconds: f64) -> Window {
+        let mut window = std::mem::take(
+            &mut *self
+                .qos_window
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        window.seconds = seconds;
+        window
     }
 
     pub fn observe_stage(&self, stage: &'static str, seconds: Duration) {
@@ -279,12 +330,26 @@ impl Metrics {
     }
 
     pub fn count_rejected(&self, reason: &'static str) {
+        self.qos(|window| window.rejections += 1);
         self.requests_rejected
             .get_or_create(&vec![("reason", reason)])
             .inc();
     }
 
+    /// A request ended: `stop`/`length`, `cancelled` (its client left),
+    /// or the server's doing: `engine_error`, `shutdown`.
     pub fn count_finished(&self, outcome: &'static str) {
+        self.qos(|window| {
+            window.requests += 1;
+            match outcome {
+                "engine_error" => {
+                    window.errors += 1;
+                    window.infra_cancellations += 1;
+                }
+                "shutdown" => window.infra_cancellations += 1,
+                _ => {}
+            }
+        });
         self.requests_finished
             .get_or_create(&vec![("outcome", outcome)])
             .inc();
@@ -313,13 +378,15 @@ impl Metrics {
             engine.cancelled_total.load(Ordering::Relaxed),
         );
         self.prefix_cache.advance(engine);
+        self.kv_cached_tokens
+            .set(engine.kv_cached_tokens.load(Ordering::Relaxed) as i64);
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 }
 
-/// The engine's prefix cache counters.
+/// The engine's prefix cache and KV prep counters.
 #[derive(Default)]
 struct PrefixCacheMetrics {
     queries: Counter,
@@ -327,6 +394,10 @@ struct PrefixCacheMetrics {
     hits: Counter,
     hit_tokens: Counter,
     evictions: Counter,
+    prep_started: Counter,
+    prep_tokens: Counter,
+    prep_used: Counter,
+    prep_cancelled: Counter,
 }
 
 impl PrefixCacheMetrics {
@@ -357,6 +428,26 @@ impl PrefixCacheMetrics {
                 "Cached prefixes dropped to make room for a new request",
                 &self.evictions,
             ),
+            (
+                "sluice:kv_prep_started",
+                "KV preps that began prefilling the prompt of a request queued for admission",
+                &self.prep_started,
+            ),
+            (
+                "sluice:kv_prep_tokens",
+                "Prompt tokens prefilled by KV preps",
+                &self.prep_tokens,
+            ),
+            (
+                "sluice:kv_prep_used",
+                "KV preps whose request reused the prefilled sequence",
+                &self.prep_used,
+            ),
+            (
+                "sluice:kv_prep_cancelled",
+                "KV preps dropped unused (client gone, evicted or not taken); their cells were freed",
+                &self.prep_cancelled,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -370,6 +461,10 @@ impl PrefixCacheMetrics {
             (&self.hits, &engine.prefix_cache_hits_total),
             (&self.hit_tokens, &engine.prefix_cache_hit_tokens_total),
             (&self.evictions, &engine.prefix_cache_evictions_total),
+            (&self.prep_started, &engine.kv_prep_started_total),
+            (&self.prep_tokens, &engine.kv_prep_tokens_total),
+            (&self.prep_used, &engine.kv_prep_used_total),
+            (&self.prep_cancelled, &engine.kv_prep_cancelled_total),
         ] {
             advance_to(counter, total.load(Ordering::Relaxed));
         }

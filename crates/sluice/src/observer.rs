@@ -90,7 +90,7 @@ impl RequestObserver {
             }
             Some(last) => {
                 let gap = (now - last).as_secs_f64();
-                self.metrics.inter_token_latency.observe(gap);
+                self.metrics.observe_itl(gap);
                 self.latency.record_itl(now, gap);
             }
         }
@@ -108,9 +108,7 @@ impl RequestObserver {
         self.metrics
             .prompt_tokens
             .inc_by(u64::from(usage.prompt_tokens));
-        self.metrics
-            .generation_tokens
-            .inc_by(u64::from(usage.completion_tokens));
+        self.metrics.count_output_tokens(usage.completion_tokens);
         self.outcome = Some(reason.as_str());
     }
 

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::error::ApiError;
 use crate::governor::{self, LatencyWindows};
 use crate::metrics::Metrics;
+use crate::qos::{self, PolicyLog};
 use crate::routes;
 use crate::transport::{self, ProtocolMode, TlsAcceptors};
 use crate::{admin, ws};
@@ -42,6 +43,8 @@ pub struct AppState {
     /// Whether new connections are offered HTTP/2.
     pub protocol: Arc<ProtocolMode>,
     pub flags: Flags,
+    /// What the QoS policy engine has done.
+    pub policy_log: PolicyLog,
     /// First-token speculation's cached openings.
     pub speculation: std::sync::Mutex<OpeningCache>,
     /// API key → tenant name.
@@ -193,6 +196,7 @@ impl RunningServer {
             latency: Arc::clone(&latency),
             protocol: Arc::new(ProtocolMode::new(config.server.http2.enabled)),
             flags: Flags::new(config.flags.clone()),
+            policy_log: PolicyLog::default(),
             speculation: std::sync::Mutex::new(OpeningCache::new(config.speculation.clone())),
             tenants_by_key,
             started_at_unix: std::time::SystemTime::now()
@@ -212,6 +216,13 @@ impl RunningServer {
             admission,
             latency,
             metrics,
+            shutdown.clone(),
+        ));
+        tokio::spawn(qos::run(
+            Arc::clone(&state),
+            config.qos.clone(),
+            config.governor.min_streams,
+            config.governor.max_streams,
             shutdown.clone(),
         ));
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
