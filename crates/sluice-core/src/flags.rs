@@ -34,6 +34,11 @@ impl Default for Flag {
 pub struct FlagsConfig {
     /// Requests reuse cached prompt prefixes (the engine's prefix cache).
     pub prefix_cache: Flag,
+    /// Requests queued for admission get their prompt prefilled by the
+    /// engine meanwhile (KV prep), when the prefix cache is on for them.
+    /// Off by default: it did not help in the measurement
+    /// (benchmarks/results/2026-11-28-c00dab06b566-kv-prep/).
+    pub kv_prep: Flag,
     /// Deterministic requests seen before get their first tokens from the
     /// opening cache at once (`speculation:` holds its bounds). Off by default.
     pub first_token_speculation: Flag,
@@ -43,6 +48,10 @@ impl Default for FlagsConfig {
     fn default() -> Self {
         Self {
             prefix_cache: Flag::default(),
+            kv_prep: Flag {
+                enabled: false,
+                ..Flag::default()
+            },
             first_token_speculation: Flag {
                 enabled: false,
                 ..Flag::default()
@@ -63,9 +72,10 @@ impl FlagsConfig {
         Ok(())
     }
 
-    fn named(&self) -> [(&'static str, &Flag); 2] {
+    fn named(&self) -> [(&'static str, &Flag); 3] {
         [
             ("prefix_cache", &self.prefix_cache),
+            ("kv_prep", &self.kv_prep),
             ("first_token_speculation", &self.first_token_speculation),
         ]
     }
@@ -81,6 +91,7 @@ impl FlagsConfig {
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Flag> {
         match name {
             "prefix_cache" => Some(&mut self.prefix_cache),
+            "kv_prep" => Some(&mut self.kv_prep),
             "first_token_speculation" => Some(&mut self.first_token_speculation),
             _ => None,
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sluice_core::config::EngineConfig;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use detokenizer::Utf8Assembler;
 pub use model::LoadedModel;
@@ -23,7 +23,7 @@ pub use request::{
 pub use stop::{StopMatcher, StopOutcome};
 pub use template::{ChatMessage, ChatTemplate, TemplateError};
 
-use scheduler::{Scheduler, Submission};
+use scheduler::{Command, PrepJob, Scheduler, Submission};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -68,6 +68,15 @@ pub struct EngineStats {
     pub prefix_cache_hit_tokens_total: AtomicU64,
     /// Idle sequences whose cached tokens were dropped to make room.
     pub prefix_cache_evictions_total: AtomicU64,
+    /// KV cells held by idle sequences (cached prefixes and KV preps).
+    pub kv_cached_tokens: AtomicUsize,
+    /// KV prep: preps that took a sequence and began prefilling, the prompt
+    /// tokens they prefilled, those their request then reused, and those
+    /// dropped unused (their cells freed).
+    pub kv_prep_started_total: AtomicU64,
+    pub kv_prep_tokens_total: AtomicU64,
+    pub kv_prep_used_total: AtomicU64,
+    pub kv_prep_cancelled_total: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -81,11 +90,12 @@ pub struct EngineOptions {
 /// A cheap, cloneable handle to the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
-    submissions: std::sync::mpsc::Sender<Submission>,
+    submissions: std::sync::mpsc::Sender<Command>,
     status: watch::Receiver<EngineStatus>,
     stats: Arc<EngineStats>,
     stream_buffer_events: usize,
     max_waiting: usize,
+    next_prep: Arc<AtomicU64>,
 }
 
 /// The events of one generation. Dropping it cancels the generation: the
@@ -105,6 +115,16 @@ impl GenerationStream {
     }
 }
 
+/// A KV prep in the engine: while it lives, the engine may prefill the
+/// prompt of a request still queued for admission into an idle sequence kept
+/// for it. Hand it to [`EngineHandle::submit_prepared`] with that request;
+/// dropping it earlier (the client left) frees the sequence and its cells.
+pub struct PrepHandle {
+    id: u64,
+    /// Closed on drop, which is what the engine watches.
+    _alive: oneshot::Receiver<()>,
+}
+
 impl EngineHandle {
     /// Starts the engine thread; the model loads in the background (status
     /// `Loading` until then).
@@ -118,6 +138,7 @@ impl EngineHandle {
             stats: Arc::clone(&stats),
             stream_buffer_events: options.config.stream_buffer_events,
             max_waiting: options.config.max_waiting,
+            next_prep: Arc::new(AtomicU64::new(0)),
         };
         std::thread::Builder::new()
             .name("sluice-engine".into())
@@ -183,6 +204,35 @@ impl EngineHandle {
     /// Queues a generation. The engine admits it into the running batch at
     /// its next step when a sequence is free.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+        self.submit_prepared(request, None)
+    }
+
+    /// Asks the engine to prefill `prompt_tokens` (all but the last) while
+    /// the request waits for admission, in step budget that running streams
+    /// leave spare. Preparing is best effort: the engine may never start it.
+    pub fn prepare(&self, prompt_tokens: Vec<i32>) -> PrepHandle {
+        let id = self.next_prep.fetch_add(1, Ordering::Relaxed);
+        let (alive, alive_rx) = oneshot::channel();
+        // A stopped engine has nothing to prepare; the handle is inert then.
+        let _ = self.submissions.send(Command::Prepare(PrepJob {
+            id,
+            prompt_tokens,
+            alive,
+        }));
+        PrepHandle {
+            id,
+            _alive: alive_rx,
+        }
+    }
+
+    /// [`Self::submit`] for a request that was prepared: it may take the
+    /// sequence its prep filled. The engine drops `prep` once the request
+    /// has a sequence.
+    pub fn submit_prepared(
+        &self,
+        request: GenerationRequest,
+        prep: Option<PrepHandle>,
+    ) -> Result<GenerationStream, EngineError> {
         self.model()?;
         let waiting = self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         if waiting >= self.max_waiting {
@@ -193,8 +243,13 @@ impl EngineHandle {
         let submission = Submission {
             request,
             events: events_tx,
+            prep,
         };
-        if self.submissions.send(submission).is_err() {
+        if self
+            .submissions
+            .send(Command::Generate(submission))
+            .is_err()
+        {
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::Stopped);
         }

@@ -19,6 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 use sluice_core::config::EngineConfig;
 use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
 
 use crate::detokenizer::Utf8Assembler;
 use crate::model::{LoadedModel, backend};
@@ -26,7 +27,7 @@ use crate::request::{
     EngineTimings, FinishReason, GenerationRequest, SamplingParams, StreamEvent, Usage,
 };
 use crate::stop::{StopMatcher, StopOutcome};
-use crate::{EngineError, EngineStats};
+use crate::{EngineError, EngineStats, PrepHandle};
 
 /// Penalties look back this many tokens (llama.cpp's default window).
 const PENALTY_WINDOW: i32 = 64;
@@ -36,9 +37,25 @@ const PARKED_POLL: Duration = Duration::from_millis(2);
 /// a slot matching less is treated as no match.
 const MIN_PREFIX_REUSE: usize = 16;
 
+pub(crate) enum Command {
+    Generate(Submission),
+    Prepare(PrepJob),
+}
+
 pub(crate) struct Submission {
     pub request: GenerationRequest,
     pub events: Sender<StreamEvent>,
+    /// Held until the request has a sequence, so its prep stays pinned
+    /// until then.
+    pub prep: Option<PrepHandle>,
+}
+
+/// A KV prep waiting for spare budget and a free slot.
+pub(crate) struct PrepJob {
+    pub id: u64,
+    pub prompt_tokens: Vec<i32>,
+    /// Closed when the `PrepHandle` is dropped.
+    pub alive: oneshot::Sender<()>,
 }
 
 /// One stream's state inside the engine.
@@ -144,6 +161,19 @@ struct CachedPrefix {
     /// When the slot was last freed (a counter), for least-recently-used
     /// eviction.
     freed_at: u64,
+    /// The KV prep this slot is pinned to: `tokens` is a prefix of its
+    /// target, and only the prep's own request takes the slot (other
+    /// requests evict it only when no other slot is free).
+    prep: Option<Prep>,
+}
+
+struct Prep {
+    id: u64,
+    /// The prompt minus its last token, which the request decodes itself.
+    target: Vec<i32>,
+    alive: oneshot::Sender<()>,
+    /// Start order: the oldest prep prefills first, as admission is FIFO.
+    started: u64,
 }
 
 pub(crate) struct Scheduler {
@@ -157,6 +187,9 @@ pub(crate) struct Scheduler {
     cached: Vec<CachedPrefix>,
     frees: u64,
     waiting: VecDeque<Submission>,
+    /// KV preps not yet given a slot, oldest first.
+    preps: VecDeque<PrepJob>,
+    preps_started: u64,
     draining: Vec<Draining>,
     next_admission: u64,
     /// (slot, batch index) of every token whose logits the step samples.
@@ -206,6 +239,8 @@ impl Scheduler {
             cached,
             frees: 0,
             waiting: VecDeque::new(),
+            preps: VecDeque::new(),
+            preps_started: 0,
             draining: Vec::new(),
             next_admission: 0,
             sample_at: Vec::new(),
@@ -214,7 +249,7 @@ impl Scheduler {
     }
 
     /// Runs until every handle is dropped and the remaining work is done.
-    pub(crate) fn run(mut self, commands: Receiver<Submission>) {
+    pub(crate) fn run(mut self, commands: Receiver<Command>) {
         let mut handles_alive = true;
         loop {
             if !self.has_work() {
@@ -225,13 +260,13 @@ impl Scheduler {
                 // published: publish the idle state before blocking.
                 self.publish_stats();
                 match commands.recv() {
-                    Ok(submission) => self.enqueue(submission),
+                    Ok(command) => self.enqueue(command),
                     Err(_) => return,
                 }
             }
             loop {
                 match commands.try_recv() {
-                    Ok(submission) => self.enqueue(submission),
+                    Ok(command) => self.enqueue(command),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         handles_alive = false;
@@ -243,7 +278,7 @@ impl Scheduler {
             if !progressed && handles_alive && self.has_work() {
                 // Every stream is parked or draining: wait briefly for clients.
                 match commands.recv_timeout(PARKED_POLL) {
-                    Ok(submission) => self.enqueue(submission),
+                    Ok(command) => self.enqueue(command),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => handles_alive = false,
                 }
@@ -251,14 +286,29 @@ impl Scheduler {
         }
     }
 
+    /// Pinned preps count: the loop must keep stepping to prefill them and
+    /// to notice when their handle drops.
     fn has_work(&self) -> bool {
         !self.waiting.is_empty()
             || !self.draining.is_empty()
+            || !self.preps.is_empty()
             || self.slots.iter().any(Option::is_some)
+            || self.cached.iter().any(|cached| cached.prep.is_some())
     }
 
-    fn enqueue(&mut self, submission: Submission) {
-        self.waiting.push_back(submission);
+    fn enqueue(&mut self, command: Command) {
+        match command {
+            Command::Generate(submission) => self.waiting.push_back(submission),
+            Command::Prepare(mut job) => {
+                // A prep shorter than the least reusable prefix would never
+                // be taken.
+                let worth_it = job.prompt_tokens.len() > MIN_PREFIX_REUSE;
+                if self.config.prefix_cache && self.config.prep_tokens_per_step > 0 && worth_it {
+                    job.prompt_tokens.pop();
+                    self.preps.push_back(job);
+                }
+            }
+        }
     }
 
     /// One engine step. Returns whether the model ran.
@@ -310,6 +360,20 @@ impl Scheduler {
         self.stats
             .cancelled_total
             .fetch_add(cancelled as u64, Ordering::Relaxed);
+        self.preps.retain(|job| !job.alive.is_closed());
+        for slot in 0..self.cached.len() {
+            let abandoned = self.cached[slot]
+                .prep
+                .as_ref()
+                .is_some_and(|prep| prep.alive.is_closed());
+            if abandoned {
+                self.cached[slot].prep = None;
+                self.clear_kv(slot);
+                self.stats
+                    .kv_prep_cancelled_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn admit_waiting(&mut self) {
@@ -319,6 +383,7 @@ impl Scheduler {
             let (slot, kv_tokens, copy_from) = self.take_slot(
                 &submission.request.prompt_tokens,
                 submission.request.use_prefix_cache,
+                submission.prep.as_ref().map(|prep| prep.id),
             );
             let mut sequence = self.start_sequence(slot, kv_tokens, submission);
             sequence.copy_from = copy_from;
@@ -332,10 +397,13 @@ impl Scheduler {
     /// wait to copy a running sequence's prefix. Returns the slot, the prompt
     /// tokens its KV already holds and the prefix to copy. Only free slots
     /// are taken: the KV of a running stream is never evicted or truncated.
+    /// A slot pinned to a KV prep is a match only for the prep's request
+    /// (`prep`).
     fn take_slot(
         &mut self,
         prompt: &[i32],
         use_prefix_cache: bool,
+        prep: Option<u64>,
     ) -> (usize, Vec<i32>, Option<PrefixSource>) {
         let free = (0..self.slots.len()).filter(|&slot| self.slots[slot].is_none());
         if !self.config.prefix_cache {
@@ -346,22 +414,35 @@ impl Scheduler {
         if !use_prefix_cache {
             return (self.evict_least_recently_used(), Vec::new(), None);
         }
-        // Longest match first; among equal matches the least recently used,
-        // whose other tokens are the least likely to be asked for again.
-        let (slot, common) = free
-            .map(|slot| (slot, common_prefix(&self.cached[slot].tokens, prompt)))
-            .max_by_key(|&(slot, common)| (common, Reverse(self.cached[slot].freed_at)))
-            .expect("caller checked for a free slot");
+        // At least one prompt token is decoded, for the logits of the first
+        // sampled token.
+        let usable = prompt.len().saturating_sub(1);
+        let own_prep = |cached: &CachedPrefix| {
+            cached
+                .prep
+                .as_ref()
+                .is_some_and(|pinned| Some(pinned.id) == prep)
+        };
+        // Longest usable match first, then the request's own prep; among
+        // equal matches the least recently used, whose other tokens are the
+        // least likely to be asked for again.
+        let best = free
+            .filter(|&slot| self.cached[slot].prep.is_none() || own_prep(&self.cached[slot]))
+            .map(|slot| {
+                let common = common_prefix(&self.cached[slot].tokens, prompt);
+                (slot, common.min(usable))
+            })
+            .max_by_key(|&(slot, reuse)| {
+                let cached = &self.cached[slot];
+                (reuse, own_prep(cached), Reverse(cached.freed_at))
+            });
         self.stats
             .prefix_cache_queries_total
             .fetch_add(1, Ordering::Relaxed);
         self.stats
             .prefix_cache_query_tokens_total
             .fetch_add(prompt.len() as u64, Ordering::Relaxed);
-        // At least one prompt token is decoded, for the logits of the first
-        // sampled token.
-        let usable = prompt.len().saturating_sub(1);
-        let reuse = common.min(usable);
+        let reuse = best.map_or(0, |(_, reuse)| reuse);
         // A copy moves a whole KV stream; it must save more than reuse does.
         let copy_from = self
             .busy_prefix(prompt)
@@ -370,7 +451,16 @@ impl Scheduler {
                 ..source
             })
             .filter(|source| source.len >= reuse + MIN_PREFIX_REUSE);
-        if copy_from.is_none() && reuse >= MIN_PREFIX_REUSE && self.truncate_kv(slot, reuse) {
+        if let Some((slot, reuse)) = best
+            && copy_from.is_none()
+            && reuse >= MIN_PREFIX_REUSE
+            && self.truncate_kv(slot, reuse)
+        {
+            if self.cached[slot].prep.take().is_some() {
+                self.stats
+                    .kv_prep_used_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             let mut tokens = std::mem::take(&mut self.cached[slot].tokens);
             tokens.truncate(reuse);
             self.stats
@@ -385,15 +475,25 @@ impl Scheduler {
     }
 
     /// An empty free slot if there is one, else the free slot whose cached
-    /// prefix was used least recently, cleared.
+    /// prefix was used least recently, cleared. A slot pinned to a KV prep
+    /// goes last: a real request never waits for a prep.
     fn evict_least_recently_used(&mut self) -> usize {
         let victim = (0..self.slots.len())
             .filter(|&slot| self.slots[slot].is_none())
             .min_by_key(|&slot| {
                 let cached = &self.cached[slot];
-                (!cached.tokens.is_empty(), cached.freed_at)
+                (
+                    cached.prep.is_some(),
+                    !cached.tokens.is_empty(),
+                    cached.freed_at,
+                )
             })
             .expect("caller checked for a free slot");
+        if self.cached[victim].prep.take().is_some() {
+            self.stats
+                .kv_prep_cancelled_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if !self.cached[victim].tokens.is_empty() {
             self.stats
                 .prefix_cache_evictions_total
@@ -504,7 +604,9 @@ impl Scheduler {
         kv_tokens: Vec<i32>,
         submission: Submission,
     ) -> Sequence {
-        let Submission { request, events } = submission;
+        let Submission {
+            request, events, ..
+        } = submission;
         let sampler = build_sampler(&request.sampling, self.model.model.n_vocab());
         let admission_order = self.next_admission;
         self.next_admission += 1;
@@ -597,6 +699,79 @@ impl Scheduler {
                 .extend_from_slice(&seq.prompt[seq.prefilled..end]);
             seq.prefilled = end;
         }
+        self.add_prep_chunks();
+    }
+
+    /// Spends what the step leaves of its budget, at most
+    /// `prep_tokens_per_step`, on KV preps: those already prefilling first,
+    /// then new ones, oldest first. The step thus never grows past a normal
+    /// step, and running streams lose nothing.
+    fn add_prep_chunks(&mut self) {
+        let spare =
+            (self.config.step_token_budget as usize).saturating_sub(self.batch.n_tokens() as usize);
+        let mut budget = spare.min(self.config.prep_tokens_per_step as usize);
+        let mut prepping: Vec<(u64, usize)> = self
+            .cached
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, cached)| {
+                let prep = cached.prep.as_ref()?;
+                (cached.tokens.len() < prep.target.len()).then_some((prep.started, slot))
+            })
+            .collect();
+        prepping.sort_unstable();
+        let mut prepping = prepping.into_iter().map(|(_, slot)| slot);
+        while budget > 0 {
+            let Some(slot) = prepping.next().or_else(|| self.start_prep()) else {
+                break;
+            };
+            let cached = &mut self.cached[slot];
+            let target = &cached.prep.as_ref().expect("slot is prepping").target;
+            let start = cached.tokens.len();
+            let end = (start + budget).min(target.len());
+            for (pos, &token) in target[start..end].iter().enumerate() {
+                self.batch
+                    .add(
+                        LlamaToken(token),
+                        (start + pos) as i32,
+                        &[slot as i32],
+                        false,
+                    )
+                    .expect("prep chunks fit in the step budget");
+            }
+            cached.tokens.extend_from_slice(&target[start..end]);
+            budget -= end - start;
+            for total in [
+                &self.stats.kv_prep_tokens_total,
+                &self.stats.prompt_tokens_processed_total,
+            ] {
+                total.fetch_add((end - start) as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Gives the oldest waiting prep a free slot, only while no request
+    /// waits for one and another free slot stays for the next request.
+    fn start_prep(&mut self) -> Option<usize> {
+        let unpinned_free = (0..self.slots.len())
+            .filter(|&slot| self.slots[slot].is_none() && self.cached[slot].prep.is_none())
+            .count();
+        if !self.waiting.is_empty() || unpinned_free < 2 {
+            return None;
+        }
+        let job = self.preps.pop_front()?;
+        let slot = self.evict_least_recently_used();
+        self.cached[slot].prep = Some(Prep {
+            id: job.id,
+            target: job.prompt_tokens,
+            alive: job.alive,
+            started: self.preps_started,
+        });
+        self.preps_started += 1;
+        self.stats
+            .kv_prep_started_total
+            .fetch_add(1, Ordering::Relaxed);
+        Some(slot)
     }
 
     fn sample_batch(&mut self) {
@@ -719,6 +894,16 @@ impl Scheduler {
         );
         slots.sort_unstable();
         slots.dedup();
+        // Preps are only a head start: drop them all rather than track
+        // which were in the failed batch.
+        for slot in 0..self.cached.len() {
+            if self.cached[slot].prep.take().is_some() {
+                self.clear_kv(slot);
+                self.stats
+                    .kv_prep_cancelled_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
         for slot in slots {
             if let Some(seq) = self.slots[slot].as_mut() {
                 seq.deliver(StreamEvent::Error {
@@ -744,6 +929,11 @@ impl Scheduler {
         self.stats
             .kv_tokens_in_use
             .store(kv_tokens, Ordering::Relaxed);
+        let cached: usize = (0..self.slots.len())
+            .filter(|&slot| self.slots[slot].is_none())
+            .map(|slot| self.cached[slot].tokens.len())
+            .sum();
+        self.stats.kv_cached_tokens.store(cached, Ordering::Relaxed);
     }
 }
 

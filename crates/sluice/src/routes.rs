@@ -191,16 +191,19 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
         .decide("prefix_cache", &tenant);
     let speculation = Speculation::plan(state, &tenant, &prompt, &params, max_tokens, limit);
     let queued_at = Instant::now();
-    let permit = if speculation.serves_whole_answer() {
-        None
+    let (permit, prep) = if speculation.serves_whole_answer() {
+        (None, None)
     } else {
-        Some(
-            state
-                .admission
-                .acquire(&tenant)
-                .await
-                .map_err(|rejection| admission_error(state, &tenant, rejection))?,
-        )
+        // The engine may prefill the prompt while it waits in the queue;
+        // dropping the handle (client gone, rejected) frees that KV.
+        let prep = (prefix_cache.on && would_queue(state, &tenant))
+            .then(|| state.engine.prepare(prompt.clone()));
+        let permit = state
+            .admission
+            .acquire(&tenant)
+            .await
+            .map_err(|rejection| admission_error(state, &tenant, rejection))?;
+        (Some(permit), prep)
     };
     let admitted_at = Instant::now();
     let queue_time = admitted_at - queued_at;
@@ -214,15 +217,18 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
             Some(
                 state
                     .engine
-                    .submit(GenerationRequest {
-                        prompt_tokens,
-                        sampling: params.sampling,
-                        max_tokens: max_tokens - served.len() as u32,
-                        stop: params.stop,
-                        ignore_eos: params.ignore_eos,
-                        arrived_at: params.arrived_at,
-                        use_prefix_cache: prefix_cache.on,
-                    })
+                    .submit_prepared(
+                        GenerationRequest {
+                            prompt_tokens,
+                            sampling: params.sampling,
+                            max_tokens: max_tokens - served.len() as u32,
+                            stop: params.stop,
+                            ignore_eos: params.ignore_eos,
+                            arrived_at: params.arrived_at,
+                            use_prefix_cache: prefix_cache.on,
+                        },
+                        prep,
+                    )
                     .map_err(engine_error)?,
             )
         }
@@ -261,6 +267,14 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
             done: false,
         },
     })
+}
+
+/// Whether `tenant`'s request would wait for admission and KV prep is on for
+/// it. A guess: the queue may move before the request joins it.
+fn would_queue(state: &AppState, tenant: &str) -> bool {
+    let kv_prep = state.flags.snapshot().kv_prep.decide("kv_prep", tenant);
+    let admission = state.admission.snapshot();
+    kv_prep.on && (admission.queued > 0 || admission.active >= admission.limit)
 }
 
 /// First-token speculation for one request.
