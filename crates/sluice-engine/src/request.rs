@@ -49,6 +49,10 @@ pub struct GenerationRequest {
     /// Look up a cached prefix (the `prefix_cache` flag's decision for this
     /// request); false prefills the whole prompt.
     pub use_prefix_cache: bool,
+    /// Who sent it: prefill chunks go first to tenants with the fewest
+    /// sequences in the engine, so one tenant's flood of prompts cannot
+    /// hold back another tenant's first token.
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

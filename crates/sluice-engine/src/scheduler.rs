@@ -4,7 +4,7 @@
 //! new streams, so a long prompt never freezes running streams.
 
 use std::cmp::Reverse;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -62,6 +62,7 @@ pub(crate) struct PrepJob {
 struct Sequence {
     seq_id: i32,
     admission_order: u64,
+    tenant: String,
     prompt: Vec<i32>,
     /// Prompt tokens already in the KV cache (reused ones included).
     prefilled: usize,
@@ -613,6 +614,7 @@ impl Scheduler {
         Sequence {
             seq_id: slot as i32,
             admission_order,
+            tenant: request.tenant,
             prompt: request.prompt_tokens,
             prefilled: kv_tokens.len(),
             reused: kv_tokens.len(),
@@ -635,7 +637,7 @@ impl Scheduler {
     }
 
     /// Decode tokens first (every unparked running stream), then prefill
-    /// chunks in admission order with what is left of the budget.
+    /// chunks, tenant-fair, with what is left of the budget.
     fn build_batch(&mut self) {
         self.batch.clear();
         self.sample_at.clear();
@@ -661,6 +663,21 @@ impl Scheduler {
                 prefilling.push((seq.admission_order, slot));
             }
         }
+        // Tenant-fair prefill: fewest sequences in the engine first, then
+        // admission order.
+        let mut per_tenant: HashMap<&str, usize> = HashMap::new();
+        for seq in self.slots.iter().flatten() {
+            *per_tenant.entry(seq.tenant.as_str()).or_insert(0) += 1;
+        }
+        let mut prefilling: Vec<(usize, u64, usize)> = prefilling
+            .into_iter()
+            .map(|(order, slot)| {
+                let tenant = self.slots[slot]
+                    .as_ref()
+                    .map_or("", |seq| seq.tenant.as_str());
+                (per_tenant[tenant], order, slot)
+            })
+            .collect();
         let decodes = self.batch.n_tokens() as u32;
         let mut budget = self
             .config
@@ -668,7 +685,7 @@ impl Scheduler {
             .saturating_sub(decodes)
             .max(self.config.min_prefill_chunk) as usize;
         prefilling.sort_unstable();
-        for (_, slot) in prefilling {
+        for (_, _, slot) in prefilling {
             if budget == 0 {
                 break;
             }

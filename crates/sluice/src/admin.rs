@@ -69,6 +69,16 @@ struct ProtocolUpdate {
     http2_enabled: bool,
 }
 
+/// A JSON body as `T`, with errors that name the field at fault.
+fn read_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::bad_request(format!("Could not read the body: {rejection}"))
+    })?;
+    from_value(&parse_json(&body)?)
+}
+
 /// Switches whether new connections are offered HTTP/2; open connections
 /// and their streams are not touched.
 pub async fn set_protocol(
@@ -78,11 +88,7 @@ pub async fn set_protocol(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &uri)?;
-    let body = body.map_err(|rejection| {
-        ApiError::bad_request(format!("Could not read the body: {rejection}"))
-    })?;
-    let value = parse_json(&body)?;
-    let update: ProtocolUpdate = from_value(&value)?;
+    let update: ProtocolUpdate = read_body(body)?;
     let previous = state.protocol.http2_enabled();
     state.protocol.set_http2(update.http2_enabled);
     tracing::info!(
@@ -104,11 +110,7 @@ pub async fn set_flag(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &uri)?;
-    let body = body.map_err(|rejection| {
-        ApiError::bad_request(format!("Could not read the body: {rejection}"))
-    })?;
-    let value = parse_json(&body)?;
-    let flag: Flag = from_value(&value)?;
+    let flag: Flag = read_body(body)?;
     let mut flags = (*state.flags.snapshot()).clone();
     let Some(slot) = flags.get_mut(&name) else {
         return Err(ApiError::invalid(

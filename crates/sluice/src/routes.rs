@@ -226,6 +226,7 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
                             ignore_eos: params.ignore_eos,
                             arrived_at: params.arrived_at,
                             use_prefix_cache: prefix_cache.on,
+                            tenant: tenant.clone(),
                         },
                         prep,
                     )

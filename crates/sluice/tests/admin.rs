@@ -185,14 +185,7 @@ async fn flags_change_through_the_admin_api_and_sighup_and_bad_files_change_noth
 }
 
 async fn metrics(server: &Server) -> String {
-    common::client()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    common::metrics_text_at(&server.base).await
 }
 
 fn sample(text: &str, series: &str) -> f64 {

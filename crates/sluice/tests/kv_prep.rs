@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice::server::RunningServer;
 use sluice_engine::{EngineHandle, EngineOptions, GenerationRequest, SamplingParams};
 use tokio::sync::Mutex;
 
@@ -31,38 +30,12 @@ fn base() -> &'static str {
         config.engine.max_sequences = 4;
         config.governor.max_streams = 1;
         config.flags.kv_prep.enabled = true;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let server = RunningServer::start(&config, None).await.unwrap();
-                server.engine().wait_ready().await.unwrap();
-                ready_tx
-                    .send(format!("http://{}", server.local_addr))
-                    .unwrap();
-                server.wait().await.unwrap();
-            });
-        });
-        ready_rx.recv().unwrap()
+        common::spawn_server(config)
     })
 }
 
 async fn metric(name: &str) -> f64 {
-    let text = common::client()
-        .get(format!("{}/metrics", base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name}"))
+    common::metric_at(base(), name).await
 }
 
 /// Polls until `done` holds for the metric's value, for at most a minute.
@@ -198,6 +171,7 @@ async fn preps_never_take_a_sequence_a_request_waits_for() {
         ignore_eos: true,
         arrived_at: Instant::now(),
         use_prefix_cache: true,
+        tenant: "default".to_owned(),
     };
     // Both sequences run and a third request waits for one.
     let mut streams: Vec<_> = ["A story about a ship.", "A story about a train."]

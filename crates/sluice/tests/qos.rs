@@ -77,14 +77,7 @@ async fn a_low_throughput_rule_switches_new_connections_to_http1() {
             .contains("OutputTokensPerSecond = 0.000"),
         "{actions:?}"
     );
-    let metrics = common::client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text_at(&base).await;
     assert!(
         metrics.contains(r#"sluice:policy_actions_total{action="http1_only",reason="idle"} 1"#),
         "{metrics}"

@@ -7,7 +7,6 @@ mod common;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
-use sluice::server::RunningServer;
 use tokio::sync::Mutex;
 
 /// One server with speculation on, shared by this binary's tests; they take
@@ -22,38 +21,12 @@ fn base() -> &'static str {
         config.governor.max_streams = 4;
         config.flags.first_token_speculation.enabled = true;
         config.speculation.first_tokens = 4;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let server = RunningServer::start(&config, None).await.unwrap();
-                server.engine().wait_ready().await.unwrap();
-                ready_tx
-                    .send(format!("http://{}", server.local_addr))
-                    .unwrap();
-                server.wait().await.unwrap();
-            });
-        });
-        ready_rx.recv().unwrap()
+        common::spawn_server(config)
     })
 }
 
 async fn metric(name: &str) -> f64 {
-    let text = common::client()
-        .get(format!("{}/metrics", base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name}"))
+    common::metric_at(base(), name).await
 }
 
 /// Streams a chat request; returns its content pieces, finish reason and usage.

@@ -64,6 +64,24 @@ fn tls_client(cert_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Cl
     builder.build().unwrap()
 }
 
+/// A short streamed chat that must finish; returns the HTTP version used.
+async fn short_chat(client: &reqwest::Client, url: &str) -> reqwest::Version {
+    let response = client
+        .post(url)
+        .json(&chat_request("Hello!", 4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let version = response.version();
+    assert!(
+        parse_stream(&response.text().await.unwrap())
+            .finish_reason
+            .is_some()
+    );
+    version
+}
+
 fn chat_request(content: &str, max_tokens: u32) -> Value {
     json!({
         "model": server_model(),
@@ -85,32 +103,12 @@ async fn tls_alpn_picks_h2_falls_back_to_http1_and_switches_at_run_time() {
 
     // ALPN offers h2 and http/1.1: a client offering both gets h2.
     let h2_client = tls_client(&tls.cert_pem, addr, false);
-    let response = h2_client
-        .post(&url)
-        .json(&chat_request("Hello!", 4))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    assert_eq!(response.status(), 200);
-    assert!(
-        parse_stream(&response.text().await.unwrap())
-            .finish_reason
-            .is_some()
-    );
+    assert_eq!(short_chat(&h2_client, &url).await, reqwest::Version::HTTP_2);
 
     // A client offering only http/1.1 gets it.
-    let response = tls_client(&tls.cert_pem, addr, true)
-        .post(&url)
-        .json(&chat_request("Hello!", 4))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_11);
-    assert!(
-        parse_stream(&response.text().await.unwrap())
-            .finish_reason
-            .is_some()
+    assert_eq!(
+        short_chat(&tls_client(&tls.cert_pem, addr, true), &url).await,
+        reqwest::Version::HTTP_11
     );
 
     // A stream open on HTTP/2 while the admin switches HTTP/2 off for new
@@ -151,17 +149,9 @@ async fn tls_alpn_picks_h2_falls_back_to_http1_and_switches_at_run_time() {
     assert_eq!(state["protocol"]["http2_enabled"], false);
 
     // A new client (new connection) offering h2 now gets http/1.1.
-    let response = tls_client(&tls.cert_pem, addr, false)
-        .post(&url)
-        .json(&chat_request("Hello!", 4))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_11);
-    assert!(
-        parse_stream(&response.text().await.unwrap())
-            .finish_reason
-            .is_some()
+    assert_eq!(
+        short_chat(&tls_client(&tls.cert_pem, addr, false), &url).await,
+        reqwest::Version::HTTP_11
     );
     let open = parse_stream(&open_stream.text().await.unwrap());
     assert!(

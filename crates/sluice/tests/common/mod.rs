@@ -44,37 +44,40 @@ pub fn test_config() -> RuntimeConfig {
     config
 }
 
+/// Starts a server with `config` on its own runtime thread, so it outlives
+/// each test's runtime, and returns its base URL once the model is loaded.
+pub fn spawn_server(config: RuntimeConfig) -> String {
+    assert!(
+        config.model.path.is_file(),
+        "model missing at {} (run scripts/setup.sh)",
+        config.model.path.display()
+    );
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let server = RunningServer::start(&config, None).await.unwrap();
+            server.engine().wait_ready().await.unwrap();
+            ready_tx.send(server.local_addr).unwrap();
+            server.wait().await.unwrap();
+        });
+    });
+    let addr = ready_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("server became ready");
+    format!("http://{addr}")
+}
+
 /// Starts the shared server once and waits until the model is loaded.
 pub fn server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let config = test_config();
-        assert!(
-            config.model.path.is_file(),
-            "model missing at {} (run scripts/setup.sh)",
-            config.model.path.display()
-        );
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<SocketAddr>();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let server = RunningServer::start(&config, None).await.unwrap();
-                server.engine().wait_ready().await.unwrap();
-                ready_tx.send(server.local_addr).unwrap();
-                server.wait().await.unwrap();
-            });
-        });
-        let addr = ready_rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("server became ready");
-        TestServer {
-            base: format!("http://{addr}"),
-            model: "SmolLM2-135M-Instruct.Q4_1".to_owned(),
-        }
+    SERVER.get_or_init(|| TestServer {
+        base: spawn_server(test_config()),
+        model: "SmolLM2-135M-Instruct.Q4_1".to_owned(),
     })
 }
 
@@ -154,10 +157,15 @@ pub async fn post(path: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-/// The server's `/metrics` text.
+/// The shared server's `/metrics` text.
 pub async fn metrics_text() -> String {
+    metrics_text_at(&server().base).await
+}
+
+/// The `/metrics` text of the server at `base`.
+pub async fn metrics_text_at(base: &str) -> String {
     client()
-        .get(format!("{}/metrics", server().base))
+        .get(format!("{base}/metrics"))
         .send()
         .await
         .unwrap()
@@ -166,9 +174,14 @@ pub async fn metrics_text() -> String {
         .unwrap()
 }
 
-/// Reads one Prometheus sample (no labels) from `/metrics`.
+/// Reads one Prometheus sample (no labels) from the shared server.
 pub async fn metric(name: &str) -> f64 {
-    let text = metrics_text().await;
+    metric_at(&server().base, name).await
+}
+
+/// Reads one Prometheus sample (no labels) from the server at `base`.
+pub async fn metric_at(base: &str, name: &str) -> f64 {
+    let text = metrics_text_at(base).await;
     text.lines()
         .find_map(|line| {
             let rest = line.strip_prefix(name)?;
