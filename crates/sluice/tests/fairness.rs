@@ -46,13 +46,9 @@ async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
     // engine's step order, not wall-clock luck: a FIFO prefill would give
     // the light request its turn only after every flood prompt.
     let first_token = |mut stream: sluice_engine::GenerationStream| async move {
-        loop {
-            match stream.next().await {
-                Some(StreamEvent::Token { .. }) => return Instant::now(),
-                Some(StreamEvent::Finished { .. }) | Some(StreamEvent::Error { .. }) | None => {
-                    panic!("stream ended before its first token")
-                }
-            }
+        match stream.next().await {
+            Some(StreamEvent::Token { .. }) => Instant::now(),
+            other => panic!("stream ended before its first token: {other:?}"),
         }
     };
     let light_at = tokio::spawn(first_token(light));
