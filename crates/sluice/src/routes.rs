@@ -101,33 +101,29 @@ pub async fn prepare(
     body: &[u8],
     arrived_at: Instant,
 ) -> Result<Prepared, ApiError> {
-    let (prompt, params, prompt_param) = match endpoint {
+    let (common, prompt_param) = match endpoint {
         Endpoint::Chat => {
             let request = ChatCompletionRequest::parse(body)?;
             let messages = request.chat_messages()?;
-            let params = request
-                .common
-                .validate(&state.served_name, &state.limits, arrived_at)?;
-            let model = state.ready_model()?;
-            let prompt = tokio::task::spawn_blocking(move || model.tokenize_chat(&messages))
-                .await
-                .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?
-                .map_err(|err| ApiError::invalid("messages", err.to_string()))?;
-            (prompt, params, "messages")
+            (request.common, PromptSource::Chat(messages))
         }
         Endpoint::Completion => {
             let request = CompletionRequest::parse(body)?;
             let prompt = request.prompt_text()?.to_owned();
-            let params = request
-                .common
-                .validate(&state.served_name, &state.limits, arrived_at)?;
-            let model = state.ready_model()?;
-            let prompt = tokio::task::spawn_blocking(move || model.tokenize(&prompt, true))
-                .await
-                .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?;
-            (prompt, params, "prompt")
+            (request.common, PromptSource::Text(prompt))
         }
     };
+    let params = common.validate(&state.served_name, &state.limits, arrived_at)?;
+    let model = state.ready_model()?;
+    let param = prompt_param.param();
+    let prompt = tokio::task::spawn_blocking(move || match prompt_param {
+        PromptSource::Chat(messages) => model.tokenize_chat(&messages),
+        PromptSource::Text(text) => Ok(model.tokenize(&text, true)),
+    })
+    .await
+    .map_err(|err| ApiError::internal(format!("tokenizer task failed: {err}")))?
+    .map_err(|err| ApiError::invalid(param, err.to_string()))?;
+    let prompt_param = param;
     let tokenize_time = arrived_at.elapsed();
     state.metrics.observe_stage("tokenize", tokenize_time);
     let prefix_hint = hints::prefix_hint(&state.served_name, &prompt);
@@ -140,6 +136,22 @@ pub async fn prepare(
         tokenize_time,
         prefix_hint,
     })
+}
+
+/// What gets tokenized: chat messages through the template, or raw text.
+enum PromptSource {
+    Chat(Vec<sluice_engine::ChatMessage>),
+    Text(String),
+}
+
+impl PromptSource {
+    /// The request parameter a tokenizing failure is blamed on.
+    fn param(&self) -> &'static str {
+        match self {
+            Self::Chat(_) => "messages",
+            Self::Text(_) => "prompt",
+        }
+    }
 }
 
 /// A generation running in the engine, with its permit and observer: what
