@@ -21,7 +21,8 @@ as_root() {
 
 install_system_packages() {
   local missing=()
-  for package in cmake clang libclang-dev; do
+  # procps: the tests signal the server binary with `kill -HUP`.
+  for package in cmake clang libclang-dev procps; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   if [ ${#missing[@]} -eq 0 ]; then
