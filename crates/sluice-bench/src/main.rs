@@ -401,32 +401,12 @@ fn request_body(
 }
 
 async fn fetch_model_name(url: &str) -> Result<String, String> {
-    let (host, port) = sluice_bench::client::parse_base_url(url)?;
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    let client = HttpClient::new(url, Transport::Http1 { keep_alive: false }, None)?;
+    let body = client
+        .get_text("/v1/models")
         .await
-        .map_err(|err| format!("cannot reach {url}: {err}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|err| err.to_string())?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get("/v1/models")
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .expect("static request");
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|err| err.to_string())?;
-    use http_body_util::BodyExt;
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|err| err.to_string())?
-        .to_bytes();
-    let models: Value =
-        serde_json::from_slice(&body).map_err(|err| format!("/v1/models: {err}"))?;
+        .map_err(|err| format!("cannot read {url}/v1/models: {err}"))?;
+    let models: Value = serde_json::from_str(&body).map_err(|err| format!("/v1/models: {err}"))?;
     models["data"][0]["id"]
         .as_str()
         .map(str::to_owned)

@@ -664,10 +664,13 @@ impl Scheduler {
             }
         }
         // Tenant-fair prefill: fewest sequences in the engine first, then
-        // admission order.
+        // admission order. Counted only when there is an order to choose
+        // (an empty map does not allocate), so decode-only steps pay nothing.
         let mut per_tenant: HashMap<&str, usize> = HashMap::new();
-        for seq in self.slots.iter().flatten() {
-            *per_tenant.entry(seq.tenant.as_str()).or_insert(0) += 1;
+        if prefilling.len() > 1 {
+            for seq in self.slots.iter().flatten() {
+                *per_tenant.entry(seq.tenant.as_str()).or_insert(0) += 1;
+            }
         }
         let mut prefilling: Vec<(usize, u64, usize)> = prefilling
             .into_iter()
@@ -675,7 +678,7 @@ impl Scheduler {
                 let tenant = self.slots[slot]
                     .as_ref()
                     .map_or("", |seq| seq.tenant.as_str());
-                (per_tenant[tenant], order, slot)
+                (per_tenant.get(tenant).copied().unwrap_or(0), order, slot)
             })
             .collect();
         let decodes = self.batch.n_tokens() as u32;

@@ -196,19 +196,22 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
         .max_tokens
         .map_or(room, |requested| requested.min(room));
     let prompt_tokens = prompt.len();
-    let prefix_cache = state
-        .flags
-        .snapshot()
-        .prefix_cache
-        .decide("prefix_cache", &tenant);
-    let speculation = Speculation::plan(state, &tenant, &prompt, &params, max_tokens, limit);
+    // One snapshot for all of this request's flag decisions.
+    let flags = state.flags.snapshot();
+    let prefix_cache = flags.prefix_cache.decide("prefix_cache", &tenant);
+    let speculate = flags
+        .first_token_speculation
+        .decide("first_token_speculation", &tenant)
+        .on;
+    let kv_prep = flags.kv_prep.decide("kv_prep", &tenant).on;
+    let speculation = Speculation::plan(state, speculate, &prompt, &params, max_tokens, limit);
     let queued_at = Instant::now();
     let (permit, prep) = if speculation.serves_whole_answer() {
         (None, None)
     } else {
         // The engine may prefill the prompt while it waits in the queue;
         // dropping the handle (client gone, rejected) frees that KV.
-        let prep = (prefix_cache.on && would_queue(state, &tenant))
+        let prep = (kv_prep && prefix_cache.on && would_queue(state))
             .then(|| state.engine.prepare(prompt.clone()));
         let permit = state
             .admission
@@ -282,12 +285,11 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
     })
 }
 
-/// Whether `tenant`'s request would wait for admission and KV prep is on for
-/// it. A guess: the queue may move before the request joins it.
-fn would_queue(state: &AppState, tenant: &str) -> bool {
-    let kv_prep = state.flags.snapshot().kv_prep.decide("kv_prep", tenant);
+/// Whether a request would wait for admission. A guess: the queue may move
+/// before the request joins it.
+fn would_queue(state: &AppState) -> bool {
     let admission = state.admission.snapshot();
-    kv_prep.on && (admission.queued > 0 || admission.active >= admission.limit)
+    admission.queued > 0 || admission.active >= admission.limit
 }
 
 /// First-token speculation for one request.
@@ -308,20 +310,16 @@ enum Speculation {
 impl Speculation {
     fn plan(
         state: &AppState,
-        tenant: &str,
+        flag_on: bool,
         prompt: &[i32],
         params: &ValidatedParams,
         max_tokens: u32,
         context: u32,
     ) -> Self {
-        let flags = state.flags.snapshot();
-        let decision = flags
-            .first_token_speculation
-            .decide("first_token_speculation", tenant);
         let deterministic = params.sampling.temperature == 0.0 || params.sampling.seed.is_some();
         // A stop string could straddle the seam between the cached opening
         // and the engine's continuation, where neither side would see it.
-        if !decision.on || !deterministic || !params.stop.is_empty() {
+        if !flag_on || !deterministic || !params.stop.is_empty() {
             return Self::Off;
         }
         let key = speculation_key(prompt, params);
