@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
+use crate::behaviour::ClientBehaviour;
 use crate::record::RequestRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -271,6 +272,19 @@ impl HttpClient {
             let now = started.elapsed().as_secs_f64();
             for event in sse.push(data) {
                 record.on_sse_event(&event, now);
+            }
+            if let ClientBehaviour::Disconnect { after_chunks } = record.behaviour
+                && record.content_chunks >= after_chunks
+                && !record.done
+            {
+                // Dropping the body mid-stream closes an HTTP/1.1 connection
+                // and resets an HTTP/2 stream: the client is gone.
+                record.disconnected = true;
+                record.e2e_seconds = now;
+                return;
+            }
+            if let Some(delay) = record.behaviour.read_delay() {
+                tokio::time::sleep(delay).await;
             }
         }
         record.e2e_seconds = started.elapsed().as_secs_f64();

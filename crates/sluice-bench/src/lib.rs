@@ -3,6 +3,7 @@
 //! engine without HTTP, driven by the same workloads.
 #![forbid(unsafe_code)]
 
+pub mod behaviour;
 pub mod client;
 pub mod environment;
 pub mod load;

@@ -2,6 +2,7 @@
 //! step profile of concurrency over time. The same driver feeds HTTP clients
 //! and the in-process engine.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,10 +117,67 @@ pub struct ServerGauge {
 impl ServerGauge {
     async fn read(&self) -> Option<f64> {
         let text = self.client.get_text("/metrics").await.ok()?;
-        text.lines().find_map(|line| {
-            let rest = line.strip_prefix(self.name.as_str())?;
-            rest.strip_prefix(' ')?.trim().parse().ok()
-        })
+        prometheus_sample(&text, &self.name)
+    }
+}
+
+/// One unlabelled sample from a Prometheus text exposition.
+pub fn prometheus_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// Server gauges that must read 0 once a run is over (running, parked and
+/// waiting requests, KV in use): anything left is a leaked sequence or
+/// permit. `None` is a gauge the server did not report.
+#[derive(Debug, Clone, Serialize)]
+pub struct AtRest {
+    pub before: BTreeMap<String, Option<f64>>,
+    pub after: BTreeMap<String, Option<f64>>,
+    /// Every gauge read 0 after the run, within the wait.
+    pub at_rest: bool,
+    /// From the end of the run until they did, or until the wait ran out.
+    pub settle_seconds: f64,
+}
+
+const REST_POLL: Duration = Duration::from_millis(250);
+
+/// Reads `names` from the server's `/metrics` (all `None` when it cannot be
+/// read).
+pub async fn read_gauges(client: &HttpClient, names: &[String]) -> BTreeMap<String, Option<f64>> {
+    let text = client.get_text("/metrics").await.unwrap_or_default();
+    names
+        .iter()
+        .map(|name| (name.clone(), prometheus_sample(&text, name)))
+        .collect()
+}
+
+/// Reads the gauges until all are 0 or `timeout` passed: the server frees a
+/// disconnected client's sequence within an engine step, not at once.
+pub async fn wait_for_rest<F, Fut>(
+    before: BTreeMap<String, Option<f64>>,
+    timeout: Duration,
+    mut read: F,
+) -> AtRest
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = BTreeMap<String, Option<f64>>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        let after = read().await;
+        let at_rest = after.values().all(|value| *value == Some(0.0));
+        if at_rest || started.elapsed() >= timeout {
+            return AtRest {
+                before,
+                after,
+                at_rest,
+                settle_seconds: started.elapsed().as_secs_f64(),
+            };
+        }
+        tokio::time::sleep(REST_POLL).await;
     }
 }
 
@@ -323,6 +381,58 @@ mod tests {
         assert_eq!(shape.max_concurrency(), 75);
         assert!(LoadShape::parse_steps("10@5").is_err());
         assert!(LoadShape::parse_steps("x@0").is_err());
+    }
+
+    fn gauges(values: &[(&str, Option<f64>)]) -> BTreeMap<String, Option<f64>> {
+        values
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), *value))
+            .collect()
+    }
+
+    #[test]
+    fn prometheus_samples_are_read_by_exact_name() {
+        let text =
+            "# HELP a x\nsluice:num_requests_running 3\nsluice:num_requests_running_total 9\n";
+        assert_eq!(
+            prometheus_sample(text, "sluice:num_requests_running"),
+            Some(3.0)
+        );
+        assert_eq!(prometheus_sample(text, "sluice:num_requests"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rest_waits_until_every_gauge_reads_zero() {
+        let mut reads = 0;
+        let rest = wait_for_rest(
+            gauges(&[("running", Some(0.0))]),
+            Duration::from_secs(60),
+            || {
+                reads += 1;
+                let running = if reads < 4 { 2.0 } else { 0.0 };
+                async move { gauges(&[("running", Some(running)), ("parked", Some(0.0))]) }
+            },
+        )
+        .await;
+        assert!(rest.at_rest);
+        assert_eq!(reads, 4);
+        assert_eq!(rest.settle_seconds, 0.75);
+        assert_eq!(rest.after["running"], Some(0.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leak_or_a_missing_gauge_is_not_rest() {
+        let leaked = wait_for_rest(BTreeMap::new(), Duration::from_secs(5), || async {
+            gauges(&[("running", Some(1.0))])
+        })
+        .await;
+        assert!(!leaked.at_rest);
+        assert!(leaked.settle_seconds >= 5.0);
+        let missing = wait_for_rest(BTreeMap::new(), Duration::from_secs(1), || async {
+            gauges(&[("running", None)])
+        })
+        .await;
+        assert!(!missing.at_rest);
     }
 
     #[tokio::test]

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
+use sluice_bench::behaviour::BehaviourMix;
 use sluice_bench::client::{HttpClient, Transport};
 use sluice_bench::environment::{self, Machine};
-use sluice_bench::load::{self, LoadShape, RunOutput, RunPlan};
+use sluice_bench::load::{self, AtRest, LoadShape, RunOutput, RunPlan};
 use sluice_bench::record::RequestRecord;
 use sluice_bench::report::{self, RunContext, RunSummary};
 use sluice_bench::stats::Slo;
@@ -158,8 +159,42 @@ struct RunArgs {
     /// API key sent as a bearer token (Sluice maps keys to tenants).
     #[arg(long)]
     api_key: Option<String>,
+    /// Fraction of clients that read slowly (picked per request from --seed).
+    #[arg(long, default_value_t = 0.0)]
+    slow_reader_fraction: f64,
+    /// A slow reader's pause after each read.
+    #[arg(long, default_value_t = 200)]
+    slow_reader_delay_ms: u64,
+    /// Fraction of clients that hang up mid-stream.
+    #[arg(long, default_value_t = 0.0)]
+    disconnect_fraction: f64,
+    /// A disconnecting client hangs up after 1..=N text chunks (uniform).
+    #[arg(long, default_value_t = 32)]
+    disconnect_max_chunks: u64,
+    /// Server gauges that must return to 0 after the run (leaked sequences
+    /// or permits), read before and after it, e.g.
+    /// sluice:num_requests_running,sluice:num_requests_parked.
+    #[arg(long, value_delimiter = ',')]
+    rest_gauges: Vec<String>,
+    /// Longest wait after the run for --rest-gauges to reach 0.
+    #[arg(long, default_value_t = 60.0)]
+    rest_timeout: f64,
     #[command(flatten)]
     workload: WorkloadArgs,
+}
+
+impl RunArgs {
+    fn behaviours(&self) -> Result<BehaviourMix, String> {
+        let mix = BehaviourMix {
+            slow_reader_fraction: self.slow_reader_fraction,
+            slow_reader_delay_ms: self.slow_reader_delay_ms,
+            disconnect_fraction: self.disconnect_fraction,
+            disconnect_max_chunks: self.disconnect_max_chunks,
+            seed: self.workload.seed,
+        };
+        mix.validate()?;
+        Ok(mix)
+    }
 }
 
 #[derive(Args)]
@@ -185,6 +220,9 @@ struct Report<'a> {
     workload: Value,
     plan: &'a RunPlan,
     summary: &'a RunSummary,
+    /// The server's own view: gauges before the run and once it settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_at_rest: Option<&'a AtRest>,
     timeline: &'a [load::TimelinePoint],
     requests: &'a [RequestRecord],
 }
@@ -416,6 +454,10 @@ async fn fetch_model_name(url: &str) -> Result<String, String> {
 async fn run_http(args: RunArgs) -> Result<(), String> {
     let plan = args.workload.plan()?;
     let slo = args.workload.slo()?;
+    let behaviours = args.behaviours()?;
+    if !(args.rest_timeout.is_finite() && args.rest_timeout >= 0.0) {
+        return Err("--rest-timeout must be a number of seconds".into());
+    }
     let prompts = Arc::new(args.workload.prompts()?);
     let model = match &args.model {
         Some(model) => model.clone(),
@@ -432,28 +474,41 @@ async fn run_http(args: RunArgs) -> Result<(), String> {
     let server_cpu_before = server_pid.as_deref().and_then(environment::cpu_seconds);
     let client_cpu_before = environment::cpu_seconds("self").unwrap_or(0.0);
     let path = args.api.path();
-    let server_gauge = match &args.scrape_gauge {
-        Some(name) => Some(load::ServerGauge {
-            client: Arc::new(HttpClient::new(
-                &args.url,
-                Transport::Http1 { keep_alive: true },
-                None,
-            )?),
-            name: name.clone(),
-        }),
-        None => None,
-    };
+    // Its own keep-alive connection, apart from the load's.
+    let metrics_client = Arc::new(HttpClient::new(
+        &args.url,
+        Transport::Http1 { keep_alive: true },
+        None,
+    )?);
+    let server_gauge = args.scrape_gauge.as_ref().map(|name| load::ServerGauge {
+        client: Arc::clone(&metrics_client),
+        name: name.clone(),
+    });
+    let gauges_before = load::read_gauges(&metrics_client, &args.rest_gauges).await;
     let output = {
         let client = Arc::clone(&client);
         load::drive(&plan, server_gauge, move |index, mut record| {
             let client = Arc::clone(&client);
             let body = bodies[index % bodies.len()].clone();
+            record.behaviour = behaviours.pick(index);
             async move {
                 client.run_request(path, body, &mut record).await;
                 record
             }
         })
         .await
+    };
+    let at_rest = if args.rest_gauges.is_empty() {
+        None
+    } else {
+        Some(
+            load::wait_for_rest(
+                gauges_before,
+                Duration::from_secs_f64(args.rest_timeout),
+                || load::read_gauges(&metrics_client, &args.rest_gauges),
+            )
+            .await,
+        )
     };
     let server_cpu = match (
         server_pid.as_deref().and_then(environment::cpu_seconds),
@@ -478,7 +533,17 @@ async fn run_http(args: RunArgs) -> Result<(), String> {
         "api": args.api,
         "transport": transport,
     });
-    finish(&args.workload, &plan, target, output, &context)
+    let mut workload = args.workload.describe();
+    workload["clients"] = json!(behaviours);
+    finish(
+        &args.workload,
+        workload,
+        &plan,
+        target,
+        output,
+        &context,
+        at_rest.as_ref(),
+    )
 }
 
 async fn run_engine(args: EngineArgs) -> Result<(), String> {
@@ -545,6 +610,9 @@ async fn run_engine(args: EngineArgs) -> Result<(), String> {
                         record.done = true;
                     }
                     StreamEvent::Error { message } => record.error = Some(message),
+                    StreamEvent::SlowConsumer { limit } => {
+                        record.error = Some(format!("not read for {} ms", limit.as_millis()));
+                    }
                 }
             }
             record.e2e_seconds = started.elapsed().as_secs_f64();
@@ -568,18 +636,31 @@ async fn run_engine(args: EngineArgs) -> Result<(), String> {
         "model_path": args.model,
         "engine": config.engine,
     });
-    finish(&args.workload, &plan, target, output, &context)
+    finish(
+        &args.workload,
+        args.workload.describe(),
+        &plan,
+        target,
+        output,
+        &context,
+        None,
+    )
 }
 
 fn finish(
     workload: &WorkloadArgs,
+    described: Value,
     plan: &RunPlan,
     target: Value,
     output: RunOutput,
     context: &RunContext,
+    at_rest: Option<&AtRest>,
 ) -> Result<(), String> {
     let summary = report::summarize(&output, context);
     report::print_table(&workload.name, &summary);
+    if let Some(rest) = at_rest {
+        report::print_at_rest(rest);
+    }
     let Some(out) = &workload.out else {
         return Ok(());
     };
@@ -592,9 +673,10 @@ fn finish(
         machine: environment::machine(),
         timestamp: environment::utc_timestamp(environment::unix_now()),
         target,
-        workload: workload.describe(),
+        workload: described,
         plan,
         summary: &summary,
+        server_at_rest: at_rest,
         timeline: &output.timeline,
         requests: &output.records,
     };

@@ -3,6 +3,28 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::behaviour::ClientBehaviour;
+
+/// How a request ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// 200, no error, `[DONE]`.
+    Clean,
+    /// The client hung up on purpose (a disconnecting client).
+    ClientDisconnected,
+    /// Turned away for load: 429 or 503.
+    Rejected,
+    /// No response: the connection or the request failed.
+    NoResponse,
+    /// Another status than 200, 429 or 503.
+    HttpError,
+    /// 200, but the body ended before `[DONE]` (reset, cut, server gone).
+    Truncated,
+    /// 200 and `[DONE]`, but an error event or a malformed chunk on the way.
+    StreamError,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RequestRecord {
     pub index: usize,
@@ -27,6 +49,10 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// The stream ended with `[DONE]`.
     pub done: bool,
+    /// How this client treated its stream.
+    pub behaviour: ClientBehaviour,
+    /// The client hung up before the end, as its behaviour asked.
+    pub disconnected: bool,
     #[serde(skip)]
     last_token_seconds: Option<f64>,
 }
@@ -99,6 +125,24 @@ impl RequestRecord {
         matches!(self.status, 429 | 503)
     }
 
+    pub fn outcome(&self) -> Outcome {
+        if self.succeeded() {
+            Outcome::Clean
+        } else if self.disconnected {
+            Outcome::ClientDisconnected
+        } else if self.status == 0 {
+            Outcome::NoResponse
+        } else if self.rejected() {
+            Outcome::Rejected
+        } else if self.status != 200 {
+            Outcome::HttpError
+        } else if !self.done {
+            Outcome::Truncated
+        } else {
+            Outcome::StreamError
+        }
+    }
+
     /// Mean gap between tokens of this request (time per output token).
     pub fn mean_itl(&self) -> Option<f64> {
         (!self.itl_seconds.is_empty())
@@ -132,6 +176,27 @@ mod tests {
         assert_eq!(record.itl_seconds, vec![0.25]);
         assert_eq!(record.output_tokens(), 3);
         assert_eq!(record.content_chunks, 2);
+    }
+
+    #[test]
+    fn outcomes_name_what_ended_the_request() {
+        let mut record = RequestRecord::new(0, 0.0, false);
+        record.fail("connect: refused".into(), 0.1);
+        assert_eq!(record.outcome(), Outcome::NoResponse);
+        record.status = 429;
+        assert_eq!(record.outcome(), Outcome::Rejected);
+        record.status = 500;
+        assert_eq!(record.outcome(), Outcome::HttpError);
+        record.status = 200;
+        record.error = Some("body: connection reset".into());
+        assert_eq!(record.outcome(), Outcome::Truncated);
+        record.done = true;
+        assert_eq!(record.outcome(), Outcome::StreamError);
+        record.error = None;
+        assert_eq!(record.outcome(), Outcome::Clean);
+        record.done = false;
+        record.disconnected = true;
+        assert_eq!(record.outcome(), Outcome::ClientDisconnected);
     }
 
     #[test]

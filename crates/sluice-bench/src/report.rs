@@ -6,8 +6,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::load::{RunOutput, TimelinePoint};
-use crate::record::RequestRecord;
+use crate::behaviour::ClientBehaviour;
+use crate::load::{AtRest, RunOutput, TimelinePoint};
+use crate::record::{Outcome, RequestRecord};
 use crate::stats::{Slo, Summary};
 
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +20,97 @@ pub struct Counts {
     pub succeeded: usize,
     pub rejected: usize,
     pub errors: usize,
+    /// Clients that hung up mid-stream on purpose (`--disconnect-fraction`):
+    /// neither successes nor errors.
+    pub client_disconnects: usize,
+}
+
+/// The requests of clients with one behaviour.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BehaviourCounts {
+    pub sent: usize,
+    pub clean: usize,
+    /// Hung up as planned (disconnecting clients whose stream outlived their
+    /// cut).
+    pub disconnected: usize,
+    /// Ended any other way: rejected, failed, cut by the server.
+    pub unclean: usize,
+}
+
+impl BehaviourCounts {
+    fn add(&mut self, outcome: Outcome) {
+        self.sent += 1;
+        match outcome {
+            Outcome::Clean => self.clean += 1,
+            Outcome::ClientDisconnected => self.disconnected += 1,
+            _ => self.unclean += 1,
+        }
+    }
+}
+
+/// Streams of normal clients (read every chunk as it comes, never hang
+/// up): any that did not end cleanly was ended by the server or the
+/// network, an infrastructure-caused cancellation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WellBehaved {
+    pub streams: usize,
+    pub unclean: usize,
+    pub unclean_rate: f64,
+    pub rejected: usize,
+    pub no_response: usize,
+    pub http_errors: usize,
+    pub truncated: usize,
+    pub stream_errors: usize,
+    /// The first few, as `#index behaviour outcome: error`.
+    pub first_unclean: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientSummary {
+    pub normal: BehaviourCounts,
+    pub slow_reader: BehaviourCounts,
+    pub disconnect: BehaviourCounts,
+    pub well_behaved: WellBehaved,
+}
+
+fn summarize_clients(measured: &[&RequestRecord]) -> ClientSummary {
+    let mut clients = ClientSummary::default();
+    for record in measured {
+        let outcome = record.outcome();
+        match record.behaviour {
+            ClientBehaviour::Normal => clients.normal.add(outcome),
+            ClientBehaviour::SlowReader { .. } => clients.slow_reader.add(outcome),
+            ClientBehaviour::Disconnect { .. } => clients.disconnect.add(outcome),
+        }
+        if !record.behaviour.well_behaved() {
+            continue;
+        }
+        let well = &mut clients.well_behaved;
+        well.streams += 1;
+        let cause = match outcome {
+            Outcome::Clean | Outcome::ClientDisconnected => continue,
+            Outcome::Rejected => &mut well.rejected,
+            Outcome::NoResponse => &mut well.no_response,
+            Outcome::HttpError => &mut well.http_errors,
+            Outcome::Truncated => &mut well.truncated,
+            Outcome::StreamError => &mut well.stream_errors,
+        };
+        *cause += 1;
+        well.unclean += 1;
+        if well.first_unclean.len() < 5 {
+            well.first_unclean.push(format!(
+                "#{} {:?} {outcome:?}: {}",
+                record.index,
+                record.behaviour,
+                record.error.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    clients.well_behaved.unclean_rate = ratio(
+        clients.well_behaved.unclean as f64,
+        clients.well_behaved.streams as f64,
+    );
+    clients
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +157,7 @@ pub struct RunSummary {
     pub client_cpu: CpuUsage,
     pub retry_after_seconds: Summary,
     pub first_errors: Vec<String>,
+    pub clients: ClientSummary,
 }
 
 /// Per-run inputs that the records alone do not carry.
@@ -90,10 +183,11 @@ pub fn summarize(output: &RunOutput, context: &RunContext) -> RunSummary {
     let measured: Vec<&RequestRecord> = output.records.iter().filter(|r| !r.warmup).collect();
     let succeeded: Vec<&&RequestRecord> = measured.iter().filter(|r| r.succeeded()).collect();
     let rejected = measured.iter().filter(|r| r.rejected()).count();
-    let errors = measured
+    let client_disconnects = measured
         .iter()
-        .filter(|r| !r.succeeded() && !r.rejected())
+        .filter(|r| r.outcome() == Outcome::ClientDisconnected)
         .count();
+    let errors = measured.len() - succeeded.len() - rejected - client_disconnects;
     let ttft: Vec<f64> = succeeded.iter().filter_map(|r| r.ttft_seconds).collect();
     let itl: Vec<f64> = succeeded
         .iter()
@@ -160,6 +254,7 @@ pub fn summarize(output: &RunOutput, context: &RunContext) -> RunSummary {
             succeeded: succeeded.len(),
             rejected,
             errors,
+            client_disconnects,
         },
         ttft_seconds: Summary::of(&ttft),
         itl_seconds: Summary::of(&itl),
@@ -186,6 +281,7 @@ pub fn summarize(output: &RunOutput, context: &RunContext) -> RunSummary {
         client_cpu: cpu(context.client_cpu_seconds),
         retry_after_seconds: Summary::of(&retry_after),
         first_errors,
+        clients: summarize_clients(&measured),
     }
 }
 
@@ -194,8 +290,29 @@ pub fn print_table(name: &str, summary: &RunSummary) {
     println!("\n== {name} ==");
     let c = &summary.counts;
     println!(
-        "requests: {} measured ({} sent), {} ok, {} rejected, {} errors",
-        c.measured, c.sent, c.succeeded, c.rejected, c.errors
+        "requests: {} measured ({} sent), {} ok, {} rejected, {} errors, {} client disconnects",
+        c.measured, c.sent, c.succeeded, c.rejected, c.errors, c.client_disconnects
+    );
+    let clients = &summary.clients;
+    let well = &clients.well_behaved;
+    println!(
+        "clients: {} normal, {} slow readers ({} unclean), {} disconnecting ({} hung up, {} finished first); \
+         normal streams ended unclean: {} of {} ({:.2}%: {} rejected, {} no response, \
+         {} HTTP errors, {} truncated, {} stream errors)",
+        clients.normal.sent,
+        clients.slow_reader.sent,
+        clients.slow_reader.unclean,
+        clients.disconnect.sent,
+        clients.disconnect.disconnected,
+        clients.disconnect.clean,
+        well.unclean,
+        well.streams,
+        well.unclean_rate * 100.0,
+        well.rejected,
+        well.no_response,
+        well.http_errors,
+        well.truncated,
+        well.stream_errors
     );
     println!(
         "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -253,6 +370,24 @@ pub fn print_table(name: &str, summary: &RunSummary) {
     for error in &summary.first_errors {
         println!("error: {error}");
     }
+}
+
+pub fn print_at_rest(rest: &AtRest) {
+    let show = |value: &Option<f64>| value.map_or("missing".to_owned(), |v| v.to_string());
+    let gauges: Vec<String> = rest
+        .after
+        .iter()
+        .map(|(name, after)| {
+            let before = rest.before.get(name).map_or("-".to_owned(), show);
+            format!("{name} {before} → {}", show(after))
+        })
+        .collect();
+    println!(
+        "server at rest: {} after {:.1} s ({})",
+        if rest.at_rest { "yes" } else { "NO" },
+        rest.settle_seconds,
+        gauges.join(", ")
+    );
 }
 
 /// Output tokens of `record` whose chunks arrived in `[from, to]` seconds
@@ -424,7 +559,7 @@ mod tests {
         let counts = &summary.counts;
         assert_eq!((counts.sent, counts.measured), (5, 4));
         assert_eq!(
-            counts.succeeded + counts.rejected + counts.errors,
+            counts.succeeded + counts.rejected + counts.errors + counts.client_disconnects,
             counts.measured
         );
         assert_eq!(
@@ -449,6 +584,92 @@ mod tests {
         assert_eq!(summary.wire_bytes_per_output_token, 1000.0 / 7.0);
         assert_eq!(summary.server_cpu.unwrap().per_request, 0.9);
         assert!(summary.ttft_seconds.max <= summary.e2e_seconds.max);
+    }
+
+    #[test]
+    fn only_well_behaved_clients_count_towards_infrastructure_cancellations() {
+        let with = |index: usize, behaviour: ClientBehaviour, edit: fn(&mut RequestRecord)| {
+            let mut r = record(index, 2.0, 0.5, &[0.1], 2);
+            r.behaviour = behaviour;
+            edit(&mut r);
+            r
+        };
+        let slow = ClientBehaviour::SlowReader { delay_ms: 200 };
+        let cut = ClientBehaviour::Disconnect { after_chunks: 1 };
+        let output = RunOutput {
+            records: vec![
+                with(0, ClientBehaviour::Normal, |_| {}),
+                with(1, ClientBehaviour::Normal, |r| {
+                    r.done = false;
+                    r.error = Some("body: connection reset".into());
+                }),
+                with(2, slow, |_| {}),
+                with(3, slow, |r| r.status = 429),
+                with(4, cut, |r| {
+                    r.done = false;
+                    r.disconnected = true;
+                }),
+                with(5, cut, |_| {}),
+                with(6, cut, |r| r.error = Some("stream error: boom".into())),
+                // Warm-up: left out.
+                with(7, ClientBehaviour::Normal, |r| {
+                    r.warmup = true;
+                    r.status = 500;
+                }),
+            ],
+            wall_seconds: 10.0,
+            timeline: Vec::new(),
+        };
+        let context = RunContext {
+            warmup_seconds: 1.0,
+            slo: Slo::default(),
+            wire_bytes_read: 0,
+            wire_bytes_written: 0,
+            connections_opened: 0,
+            server_cpu_seconds: None,
+            client_cpu_seconds: 0.0,
+        };
+        let summary = summarize(&output, &context);
+        let clients = &summary.clients;
+        assert_eq!(
+            (
+                clients.normal.sent,
+                clients.normal.clean,
+                clients.normal.unclean
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(
+            (clients.slow_reader.sent, clients.slow_reader.unclean),
+            (2, 1)
+        );
+        assert_eq!(
+            (
+                clients.disconnect.sent,
+                clients.disconnect.disconnected,
+                clients.disconnect.clean,
+                clients.disconnect.unclean
+            ),
+            (3, 1, 1, 1)
+        );
+        let well = &clients.well_behaved;
+        assert_eq!((well.streams, well.unclean), (2, 1));
+        assert_eq!((well.truncated, well.rejected), (1, 0));
+        assert_eq!(well.unclean_rate, 0.5);
+        assert_eq!(
+            well.first_unclean,
+            vec!["#1 Normal Truncated: body: connection reset".to_owned()]
+        );
+        let counts = &summary.counts;
+        assert_eq!(
+            (
+                counts.succeeded,
+                counts.rejected,
+                counts.errors,
+                counts.client_disconnects
+            ),
+            (3, 1, 2, 1)
+        );
     }
 
     #[test]

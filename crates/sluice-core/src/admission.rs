@@ -6,13 +6,22 @@
 //! has been served least relative to its weight goes next (start-time fair
 //! queueing), skipping tenants at their concurrency cap. A waiter whose
 //! future is dropped (client gone) leaves the queue at once.
+//!
+//! A tenant may also have a token rate: each request is charged tokens from
+//! the tenant's bucket before it queues ([`Admission::charge_tokens`]), and
+//! the charge is settled against the real use when the request ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::rate::TokenBucket;
+
+/// Requests without a known API key belong to this tenant.
+pub const DEFAULT_TENANT: &str = "default";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantPolicy {
@@ -20,6 +29,8 @@ pub struct TenantPolicy {
     pub weight: f64,
     /// Most streams this tenant may run at once.
     pub max_concurrent: u32,
+    /// Prompt plus completion tokens per minute; unlimited when `None`.
+    pub tokens_per_minute: Option<u32>,
 }
 
 impl Default for TenantPolicy {
@@ -27,6 +38,7 @@ impl Default for TenantPolicy {
         Self {
             weight: 1.0,
             max_concurrent: u32::MAX,
+            tokens_per_minute: None,
         }
     }
 }
@@ -48,6 +60,12 @@ pub enum Rejection {
     WaitTimedOut { retry_after: Duration },
     /// The tenant is at its concurrency cap and its queue share is used up.
     TenantQueueFull { retry_after: Duration },
+    /// The tenant's token bucket does not hold the request's charge;
+    /// `retry_after` is when it will.
+    TokenRateExceeded {
+        retry_after: Duration,
+        tokens_per_minute: u32,
+    },
     /// Admission is closed (draining for shutdown).
     Closed,
 }
@@ -57,7 +75,8 @@ impl Rejection {
         match self {
             Self::QueueFull { retry_after }
             | Self::WaitTimedOut { retry_after }
-            | Self::TenantQueueFull { retry_after } => Some(*retry_after),
+            | Self::TenantQueueFull { retry_after }
+            | Self::TokenRateExceeded { retry_after, .. } => Some(*retry_after),
             Self::Closed => None,
         }
     }
@@ -84,6 +103,8 @@ struct State {
     queued: usize,
     tenants: HashMap<String, TenantState>,
     policies: HashMap<String, TenantPolicy>,
+    /// Token buckets of the tenants with a token rate.
+    buckets: HashMap<String, TokenBucket>,
     /// Admission instants inside the drain-rate window.
     recent_admissions: VecDeque<Instant>,
 }
@@ -127,6 +148,46 @@ impl Drop for Permit {
     }
 }
 
+/// Tokens a request took from its tenant's bucket. Dropping it settles the
+/// charge against the use recorded with [`TokenCharge::record_use`]: unused
+/// tokens go back, tokens used beyond the charge are taken as debt. A
+/// request that never ran (rejected later, engine full) records no use and
+/// gets its whole charge back.
+pub struct TokenCharge {
+    admission: Arc<Admission>,
+    tenant: String,
+    charged: u64,
+    used: u64,
+}
+
+impl std::fmt::Debug for TokenCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCharge")
+            .field("tenant", &self.tenant)
+            .field("charged", &self.charged)
+            .field("used", &self.used)
+            .finish()
+    }
+}
+
+impl TokenCharge {
+    pub fn charged(&self) -> u64 {
+        self.charged
+    }
+
+    /// The tokens the request has used so far (prompt plus completion).
+    pub fn record_use(&mut self, tokens: u64) {
+        self.used = tokens;
+    }
+}
+
+impl Drop for TokenCharge {
+    fn drop(&mut self) {
+        self.admission
+            .settle_tokens(&self.tenant, self.charged, self.used);
+    }
+}
+
 /// How far back admissions count towards the drain rate.
 const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -142,6 +203,14 @@ impl Admission {
         limits: AdmissionLimits,
         policies: HashMap<String, TenantPolicy>,
     ) -> Arc<Self> {
+        let now = Instant::now().into_std();
+        let buckets = policies
+            .iter()
+            .filter_map(|(name, policy)| {
+                let rate = policy.tokens_per_minute?;
+                Some((name.clone(), TokenBucket::new(rate, now)))
+            })
+            .collect();
         Arc::new(Self {
             state: Mutex::new(State {
                 limit,
@@ -151,6 +220,7 @@ impl Admission {
                 queued: 0,
                 tenants: HashMap::new(),
                 policies,
+                buckets,
                 recent_admissions: VecDeque::new(),
             }),
             limits,
@@ -183,6 +253,89 @@ impl Admission {
             self.dispatch(&mut state)
         };
         send_grants(grants);
+    }
+
+    /// Every tenant's concurrency cap (`u32::MAX`: none), for a rollback.
+    pub fn tenant_caps(&self) -> BTreeMap<String, u32> {
+        self.lock()
+            .policies
+            .iter()
+            .map(|(name, policy)| (name.clone(), policy.max_concurrent))
+            .collect()
+    }
+
+    /// Sets one tenant's concurrency cap at run time and returns the one it
+    /// replaces. Raising it admits the tenant's waiters at once; lowering it
+    /// never revokes running streams.
+    pub fn set_tenant_cap(self: &Arc<Self>, tenant: &str, max_concurrent: u32) -> u32 {
+        let (previous, grants) = {
+            let mut state = self.lock();
+            let policy = state.policies.entry(tenant.to_owned()).or_default();
+            let previous = std::mem::replace(&mut policy.max_concurrent, max_concurrent);
+            (previous, self.dispatch(&mut state))
+        };
+        send_grants(grants);
+        previous
+    }
+
+    /// Restores caps saved by [`Admission::tenant_caps`]; a tenant missing
+    /// from `caps` gets none.
+    pub fn set_tenant_caps(self: &Arc<Self>, caps: &BTreeMap<String, u32>) {
+        let grants = {
+            let mut state = self.lock();
+            for (name, policy) in &mut state.policies {
+                policy.max_concurrent = caps.get(name).copied().unwrap_or(u32::MAX);
+            }
+            for (name, cap) in caps {
+                state
+                    .policies
+                    .entry(name.clone())
+                    .or_default()
+                    .max_concurrent = *cap;
+            }
+            self.dispatch(&mut state)
+        };
+        send_grants(grants);
+    }
+
+    /// Charges `tokens` to the tenant's token bucket, before the request
+    /// queues: a tenant over its rate gets its answer at once and holds no
+    /// queue place. `None` for a tenant without a token rate.
+    pub fn charge_tokens(
+        self: &Arc<Self>,
+        tenant: &str,
+        tokens: u64,
+    ) -> Result<Option<TokenCharge>, Rejection> {
+        let mut state = self.lock();
+        let Some(bucket) = state.buckets.get_mut(tenant) else {
+            return Ok(None);
+        };
+        match bucket.try_take(tokens, Instant::now().into_std()) {
+            Ok(charged) => Ok(Some(TokenCharge {
+                admission: Arc::clone(self),
+                tenant: tenant.to_owned(),
+                charged,
+                used: 0,
+            })),
+            Err(wait) => Err(Rejection::TokenRateExceeded {
+                retry_after: Duration::from_secs(wait.as_secs_f64().ceil() as u64)
+                    .max(MIN_RETRY_AFTER),
+                tokens_per_minute: bucket.tokens_per_minute(),
+            }),
+        }
+    }
+
+    fn settle_tokens(&self, tenant: &str, charged: u64, used: u64) {
+        let mut state = self.lock();
+        let Some(bucket) = state.buckets.get_mut(tenant) else {
+            return;
+        };
+        let now = Instant::now().into_std();
+        if used < charged {
+            bucket.refund(charged - used, now);
+        } else {
+            bucket.debit(used - charged, now);
+        }
     }
 
     /// Stops admitting: waiters and new requests are rejected as `Closed`.
@@ -470,8 +623,8 @@ mod tests {
         policies.insert(
             "capped".to_owned(),
             TenantPolicy {
-                weight: 1.0,
                 max_concurrent: 1,
+                ..TenantPolicy::default()
             },
         );
         let admission = Admission::new(4, limits(), policies);
@@ -558,5 +711,82 @@ mod tests {
         let admission = admission(1);
         admission.close();
         assert_eq!(admission.acquire("a").await.unwrap_err(), Rejection::Closed);
+    }
+
+    fn rated(tenant: &str, tokens_per_minute: u32) -> Arc<Admission> {
+        let policy = TenantPolicy {
+            tokens_per_minute: Some(tokens_per_minute),
+            ..TenantPolicy::default()
+        };
+        Admission::new(4, limits(), HashMap::from([(tenant.to_owned(), policy)]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_over_its_token_rate_is_rejected_until_its_bucket_refills() {
+        let admission = rated("small", 60);
+        let charge = admission.charge_tokens("small", 50).unwrap().unwrap();
+        assert_eq!(charge.charged(), 50);
+        let rejection = admission.charge_tokens("small", 30).unwrap_err();
+        // 10 tokens left at 1 token/s: 20 s until 30 fit.
+        assert_eq!(
+            rejection,
+            Rejection::TokenRateExceeded {
+                retry_after: Duration::from_secs(20),
+                tokens_per_minute: 60
+            }
+        );
+        assert!(
+            admission.charge_tokens("other", 10_000).unwrap().is_none(),
+            "a tenant without a rate is not charged"
+        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(admission.charge_tokens("small", 30).unwrap().is_some());
+        drop(charge);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_charge_returns_unused_tokens_and_takes_overuse() {
+        let admission = rated("t", 60);
+        let mut charge = admission.charge_tokens("t", 60).unwrap().unwrap();
+        charge.record_use(20);
+        drop(charge);
+        // 40 came back.
+        let mut charge = admission.charge_tokens("t", 40).unwrap().unwrap();
+        assert!(admission.charge_tokens("t", 1).is_err());
+        // The request used 70 of its 40: 30 tokens of debt.
+        charge.record_use(70);
+        drop(charge);
+        assert_eq!(
+            admission.charge_tokens("t", 30).unwrap_err().retry_after(),
+            Some(Duration::from_secs(60))
+        );
+        // A charge dropped unused (the request never ran) comes back whole.
+        tokio::time::advance(Duration::from_secs(90)).await;
+        let unused = admission.charge_tokens("t", 60).unwrap().unwrap();
+        drop(unused);
+        assert!(admission.charge_tokens("t", 60).unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_cap_changed_at_run_time_applies_and_restores() {
+        let admission = admission(8);
+        let saved = admission.tenant_caps();
+        assert_eq!(admission.set_tenant_cap("noisy", 1), u32::MAX);
+        let _running = admission.acquire("noisy").await.unwrap();
+        let waiter = {
+            let admission = Arc::clone(&admission);
+            tokio::spawn(async move { admission.acquire("noisy").await })
+        };
+        settle().await;
+        assert_eq!(
+            admission.snapshot().queued,
+            1,
+            "capped at 1 under a limit of 8"
+        );
+        assert_eq!(admission.tenant_caps()["noisy"], 1);
+        admission.set_tenant_caps(&saved);
+        let second = waiter.await.unwrap().unwrap();
+        assert_eq!(second.tenant(), "noisy");
+        assert_eq!(admission.tenant_caps()["noisy"], u32::MAX);
     }
 }

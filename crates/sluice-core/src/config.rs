@@ -2,17 +2,23 @@
 //! file at all; `config/runtime.yaml` documents each one and CLI flags
 //! override it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::DEFAULT_TENANT;
 use crate::flags::FlagsConfig;
 use crate::governor::GovernorConfig;
-use crate::policy::{Indicator, PolicyConfig};
+use crate::policy::{Action, Breach, Indicator, Indicators, PolicyConfig, Scope};
 use crate::speculation::SpeculationConfig;
 
 /// Where the default model lands after `scripts/setup.sh` fetched it.
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Shortest `engine.max_park_ms` other than 0: a shorter limit would end
+/// streams whose clients are merely a few engine steps behind.
+pub const MIN_PARK_MS: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +44,132 @@ pub struct RuntimeConfig {
     pub flags: FlagsConfig,
     pub speculation: SpeculationConfig,
     pub qos: QosConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// Where SLO breaches, policy actions and breaker openings go besides the
+/// log: JSON POSTs to webhooks, retried and deduplicated by key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub webhooks: Vec<WebhookConfig>,
+    /// One POST attempt gets this long to answer.
+    pub timeout_ms: u64,
+    /// Retries after a connect error, a timeout or a 5xx; a 4xx is final.
+    pub max_retries: u32,
+    /// Wait before the first retry; it doubles after each, up to
+    /// `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// The same alert key is sent at most once per window; 0 sends every
+    /// alert.
+    pub dedup_window_ms: u64,
+    /// Alerts waiting for delivery; when full, new ones are dropped (and
+    /// counted) rather than waited for.
+    pub queue_capacity: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            timeout_ms: 2_000,
+            max_retries: 3,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 10_000,
+            dedup_window_ms: 300_000,
+            queue_capacity: 256,
+        }
+    }
+}
+
+impl AlertsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (index, webhook) in self.webhooks.iter().enumerate() {
+            if let Some(problem) = webhook_url_problem(&webhook.url) {
+                return Err(ConfigError::Invalid(format!(
+                    "alerts.webhooks[{index}].url {:?} {problem}",
+                    webhook.url
+                )));
+            }
+            if webhook.bearer_token.as_ref().is_some_and(|token| {
+                token.trim().is_empty() || !token.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            }) {
+                return Err(ConfigError::Invalid(format!(
+                    "alerts.webhooks[{index}].bearer_token must be non-empty printable ASCII"
+                )));
+            }
+        }
+        let checks = [
+            (self.timeout_ms == 0, "alerts.timeout_ms must be at least 1"),
+            (
+                self.queue_capacity == 0,
+                "alerts.queue_capacity must be at least 1",
+            ),
+            (
+                self.initial_backoff_ms == 0 || self.initial_backoff_ms > self.max_backoff_ms,
+                "alerts.initial_backoff_ms must be between 1 and alerts.max_backoff_ms",
+            ),
+        ];
+        match checks.iter().find(|(failed, _)| *failed) {
+            Some((_, message)) => Err(ConfigError::Invalid((*message).to_owned())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One alert receiver. Cleartext `http://` only: TLS would need a root
+/// certificate store the server does not otherwise carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host[:port][/path][?query]`.
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+}
+
+/// What makes `url` unusable as a webhook, if anything.
+fn webhook_url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Some(if url.starts_with("https://") {
+            "is https, which is not supported: use an http:// URL (a local relay can add TLS)"
+        } else {
+            "must start with http://"
+        });
+    };
+    if !url
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"\"#<>\\^`{|}".contains(&b))
+    {
+        return Some("has a character a URL cannot hold (space, quote, #, ...)");
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Some("must not carry credentials: use bearer_token");
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, tail)) => match tail.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Some("has junk after its [IPv6] host"),
+            },
+            None => return Some("has an unclosed [ in its host"),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Some("has no host");
+    }
+    if port.is_some_and(|port| port.parse::<u16>().is_err() || port == "0") {
+        return Some("has an invalid port");
+    }
+    None
 }
 
 /// The SLO evaluator and the policy engine.
@@ -46,6 +178,12 @@ pub struct RuntimeConfig {
 pub struct QosConfig {
     /// Length of one evaluation window.
     pub evaluation_interval_ms: u64,
+    /// A flag in partial rollout whose canary cohort's TTFT p95 or ITL p95
+    /// is worse than its baseline's by more than this share (0.2 = 20 %)
+    /// breaches the SLO.
+    pub canary_margin: f64,
+    /// Samples each cohort needs in a window before the two are compared.
+    pub canary_min_samples: u64,
     pub slo: SloTargets,
     pub policy: PolicyConfig,
 }
@@ -54,9 +192,45 @@ impl Default for QosConfig {
     fn default() -> Self {
         Self {
             evaluation_interval_ms: 10_000,
+            canary_margin: 0.2,
+            canary_min_samples: 20,
             slo: SloTargets::default(),
             policy: PolicyConfig::default(),
         }
+    }
+}
+
+impl QosConfig {
+    /// Every breach in one window: the SLO targets checked globally and for
+    /// each tenant, and each compared canary against its margin.
+    pub fn breaches(&self, indicators: &Indicators) -> Vec<Breach> {
+        let mut out = Vec::new();
+        for (scope, values) in indicators.scopes() {
+            let breaches = match scope {
+                Scope::Global | Scope::Tenant(_) => self.slo.breaches(values),
+                Scope::Flag(_) => [
+                    Indicator::CanaryTtftRegression,
+                    Indicator::CanaryItlRegression,
+                ]
+                .into_iter()
+                .filter_map(|indicator| {
+                    let value = *values.get(&indicator)?;
+                    (value > self.canary_margin).then_some((indicator, value, self.canary_margin))
+                })
+                .collect(),
+            };
+            out.extend(
+                breaches
+                    .into_iter()
+                    .map(|(indicator, value, target)| Breach {
+                        scope: scope.clone(),
+                        indicator,
+                        value,
+                        target,
+                    }),
+            );
+        }
+        out
     }
 }
 
@@ -75,10 +249,7 @@ pub struct SloTargets {
 
 impl SloTargets {
     /// The indicators over their targets, with value and target.
-    pub fn breaches(
-        &self,
-        indicators: &std::collections::HashMap<Indicator, f64>,
-    ) -> Vec<(Indicator, f64, f64)> {
+    pub fn breaches(&self, indicators: &HashMap<Indicator, f64>) -> Vec<(Indicator, f64, f64)> {
         [
             (Indicator::TtftP50Seconds, self.ttft_p50_seconds),
             (Indicator::TtftP95Seconds, self.ttft_p95_seconds),
@@ -131,6 +302,10 @@ pub struct TenantConfig {
     /// Most streams this tenant may run at once; unlimited when unset.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// Prompt plus completion tokens this tenant may use per minute (a
+    /// token bucket holding one minute's worth); unlimited when unset.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
 }
 
 fn default_weight() -> f64 {
@@ -156,6 +331,9 @@ pub struct ServerConfig {
     pub sse_keepalive_ms: u64,
     /// Bearer token for `/admin/*`; the admin endpoints answer 404 when unset.
     pub admin_api_key: Option<String>,
+    /// Test-only fault hooks (`POST /admin/fault/stall`) for chaos runs;
+    /// off, they answer 404. Needs `admin_api_key`.
+    pub fault_injection: bool,
     /// Serve TLS on the port (ALPN offers h2 and http/1.1) instead of
     /// cleartext HTTP/1.1 + h2c.
     pub tls: Option<TlsConfig>,
@@ -174,6 +352,7 @@ impl Default for ServerConfig {
             max_stop_bytes: 256,
             sse_keepalive_ms: 15_000,
             admin_api_key: None,
+            fault_injection: false,
             tls: None,
             http2: Http2Config::default(),
             websocket: WebSocketConfig::default(),
@@ -291,6 +470,10 @@ pub struct EngineConfig {
     /// plus prefill chunks of new ones). Smaller keeps inter-token gaps short
     /// while prompts prefill; larger prefills faster.
     pub step_token_budget: u32,
+    /// Ceiling the governor may raise the step budget to while prompts wait
+    /// for prefill and inter-token gaps have headroom; it sizes the
+    /// llama.cpp batch. At or below `step_token_budget`, the budget is fixed.
+    pub max_step_token_budget: u32,
     /// Smallest prefill chunk per step, so prefill progresses even when
     /// running streams fill the budget.
     pub min_prefill_chunk: u32,
@@ -299,6 +482,10 @@ pub struct EngineConfig {
     /// Events buffered between the engine and one client's writer. A client
     /// that falls this far behind has its sequence parked.
     pub stream_buffer_events: usize,
+    /// A stream whose client has not read for this long while events wait
+    /// for it (parked, or finished with its last events undelivered) is
+    /// ended with a slow-consumer error, freeing its sequence. 0: no limit.
+    pub max_park_ms: u64,
     /// Requests waiting for a free sequence before new ones get 503.
     pub max_waiting: usize,
     /// A finished sequence keeps its KV; a new request takes the idle
@@ -311,6 +498,13 @@ pub struct EngineConfig {
     pub prep_tokens_per_step: u32,
 }
 
+impl EngineConfig {
+    /// The largest step budget the engine accepts at run time.
+    pub fn step_budget_ceiling(&self) -> u32 {
+        self.step_token_budget.max(self.max_step_token_budget)
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -318,9 +512,11 @@ impl Default for EngineConfig {
             context_per_sequence: 1024,
             kv_unified: false,
             step_token_budget: 128,
+            max_step_token_budget: 512,
             min_prefill_chunk: 16,
             threads: 0,
             stream_buffer_events: 64,
+            max_park_ms: 30_000,
             max_waiting: 1024,
             prefix_cache: true,
             prep_tokens_per_step: 32,
@@ -372,6 +568,21 @@ impl RuntimeConfig {
                 "admission.tenants[].weight must be positive",
             ),
             (
+                self.admission
+                    .tenants
+                    .iter()
+                    .any(|t| t.tokens_per_minute == Some(0)),
+                "admission.tenants[].tokens_per_minute must be at least 1 (null: unlimited)",
+            ),
+            (
+                !self.qos.canary_margin.is_finite() || self.qos.canary_margin < 0.0,
+                "qos.canary_margin must be a share of at least 0",
+            ),
+            (
+                self.qos.canary_min_samples == 0,
+                "qos.canary_min_samples must be at least 1",
+            ),
+            (
                 engine.max_sequences == 0,
                 "engine.max_sequences must be at least 1",
             ),
@@ -392,6 +603,10 @@ impl RuntimeConfig {
                 "server.admin_api_key must be at least 16 characters",
             ),
             (
+                self.server.fault_injection && self.server.admin_api_key.is_none(),
+                "server.fault_injection needs server.admin_api_key",
+            ),
+            (
                 engine.context_per_sequence < 16,
                 "engine.context_per_sequence must be at least 16",
             ),
@@ -409,6 +624,10 @@ impl RuntimeConfig {
                 "engine.stream_buffer_events must be at least 1",
             ),
             (
+                (1..MIN_PARK_MS).contains(&engine.max_park_ms),
+                "engine.max_park_ms must be 0 (no limit) or at least 100",
+            ),
+            (
                 self.server.max_body_bytes < 1024,
                 "server.max_body_bytes must be at least 1024",
             ),
@@ -416,7 +635,53 @@ impl RuntimeConfig {
         if let Some((_, message)) = checks.iter().find(|(failed, _)| *failed) {
             return Err(ConfigError::Invalid((*message).to_owned()));
         }
-        self.flags.validate().map_err(ConfigError::Invalid)
+        self.alerts.validate()?;
+        self.flags.validate().map_err(ConfigError::Invalid)?;
+        self.validate_rules()
+    }
+
+    /// Each rule's scope and tenant action name something that exists: a
+    /// rule about an unknown tenant or flag would never fire.
+    fn validate_rules(&self) -> Result<(), ConfigError> {
+        let known_tenant = |name: &str| {
+            name == DEFAULT_TENANT || self.admission.tenants.iter().any(|t| t.name == name)
+        };
+        for rule in &self.qos.policy.rules {
+            let problem = match (&rule.scope, rule.indicator.compares_cohorts()) {
+                (Scope::Flag(flag), true) if self.flags.get(flag).is_none() => {
+                    Some(format!("scope names no flag '{flag}'"))
+                }
+                (Scope::Flag(_), true) => None,
+                (_, true) => Some(format!(
+                    "{:?} compares a flag's cohorts: it needs scope {{flag: NAME}}",
+                    rule.indicator
+                )),
+                (Scope::Flag(_), false) => Some(format!(
+                    "{:?} is not a canary indicator: scope must be global or a tenant",
+                    rule.indicator
+                )),
+                (Scope::Tenant(tenant), false) if !known_tenant(tenant) => {
+                    Some(format!("scope names no tenant '{tenant}'"))
+                }
+                _ => None,
+            };
+            let problem = problem.or_else(|| match &rule.action {
+                Action::ThrottleTenant { tenant, .. } if !known_tenant(tenant) => {
+                    Some(format!("throttle_tenant names no tenant '{tenant}'"))
+                }
+                Action::ThrottleTenant {
+                    max_concurrent: 0, ..
+                } => Some("throttle_tenant needs max_concurrent of at least 1".to_owned()),
+                _ => None,
+            });
+            if let Some(problem) = problem {
+                return Err(ConfigError::Invalid(format!(
+                    "qos.policy.rules '{}': {problem}",
+                    rule.name
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -450,6 +715,204 @@ mod tests {
         let err =
             RuntimeConfig::from_yaml("engine:\n  step_token_budget: 0\n", "test").unwrap_err();
         assert!(err.to_string().contains("step_token_budget"), "{err}");
+    }
+
+    #[test]
+    fn fault_injection_needs_an_admin_key() {
+        let err =
+            RuntimeConfig::from_yaml("server:\n  fault_injection: true\n", "test").unwrap_err();
+        assert!(err.to_string().contains("fault_injection"), "{err}");
+        let with_key = "server:\n  fault_injection: true\n  admin_api_key: admin-key-0123456789\n";
+        assert!(RuntimeConfig::from_yaml(with_key, "test").is_ok());
+    }
+
+    #[test]
+    fn webhook_urls_are_checked_at_load_time() {
+        let load = |url: &str| {
+            RuntimeConfig::from_yaml(
+                &format!("alerts:\n  webhooks: [{{url: {url:?}}}]\n"),
+                "test",
+            )
+        };
+        for good in [
+            "http://127.0.0.1:9000/hook",
+            "http://alerts.internal/v1/hook?team=serving",
+            "http://[::1]:8080",
+            "http://relay",
+        ] {
+            assert!(load(good).is_ok(), "{good}: {:?}", load(good));
+        }
+        for (bad, says) in [
+            ("https://hooks.example.com/x", "https"),
+            ("ftp://host/x", "http://"),
+            ("http:///path", "no host"),
+            ("http://host:99999/x", "port"),
+            ("http://host:0", "port"),
+            ("http://user:pw@host/x", "credentials"),
+            ("http://host/a b", "character"),
+            ("http://[::1/x", "unclosed"),
+        ] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("alerts.webhooks[0].url") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn alert_delivery_limits_are_checked() {
+        for (yaml, names) in [
+            ("alerts:\n  timeout_ms: 0\n", "timeout_ms"),
+            ("alerts:\n  queue_capacity: 0\n", "queue_capacity"),
+            (
+                "alerts:\n  initial_backoff_ms: 20000\n  max_backoff_ms: 1000\n",
+                "initial_backoff_ms",
+            ),
+            (
+                "alerts:\n  webhooks: [{url: 'http://h', bearer_token: ''}]\n",
+                "bearer_token",
+            ),
+        ] {
+            let err = RuntimeConfig::from_yaml(yaml, "test")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(names), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn park_limit_is_off_or_long_enough_to_outlast_a_step() {
+        let parse =
+            |ms: u64| RuntimeConfig::from_yaml(&format!("engine:\n  max_park_ms: {ms}\n"), "test");
+        let err = parse(MIN_PARK_MS - 1).unwrap_err();
+        assert!(err.to_string().contains("max_park_ms"), "{err}");
+        assert_eq!(parse(0).unwrap().engine.max_park_ms, 0);
+        assert_eq!(parse(MIN_PARK_MS).unwrap().engine.max_park_ms, MIN_PARK_MS);
+    }
+
+    #[test]
+    fn rules_must_name_existing_tenants_and_flags() {
+        let with_rule = |rule: &str| {
+            RuntimeConfig::from_yaml(
+                &format!(
+                    "admission:\n  tenants: [{{name: acme, tokens_per_minute: 600}}]\n\
+                     qos:\n  policy:\n    rules: [{rule}]\n"
+                ),
+                "test",
+            )
+        };
+        let rule = |indicator: &str, scope: &str, action: &str| {
+            format!(
+                "{{name: r, indicator: {indicator}, scope: {scope}, comparison: above, \
+                 threshold: 0.2, action: {action}}}"
+            )
+        };
+        let throttle = |tenant: &str, max: u32| {
+            format!("{{kind: throttle_tenant, tenant: {tenant}, max_concurrent: {max}}}")
+        };
+        for ok in [
+            rule("ttft_p95_seconds", "{tenant: acme}", &throttle("acme", 2)),
+            rule("error_rate", "{tenant: default}", &throttle("default", 1)),
+            rule("error_rate", "global", "{kind: rollback}"),
+            rule(
+                "canary_ttft_regression",
+                "{flag: prefix_cache}",
+                "{kind: disable_flag, flag: prefix_cache}",
+            ),
+        ] {
+            assert!(with_rule(&ok).is_ok(), "{ok}: {:?}", with_rule(&ok));
+        }
+        for (bad, says) in [
+            (
+                rule("ttft_p95_seconds", "{tenant: nobody}", "{kind: rollback}"),
+                "no tenant 'nobody'",
+            ),
+            (
+                rule("canary_ttft_regression", "global", "{kind: rollback}"),
+                "needs scope",
+            ),
+            (
+                rule(
+                    "canary_itl_regression",
+                    "{flag: warp_drive}",
+                    "{kind: rollback}",
+                ),
+                "no flag 'warp_drive'",
+            ),
+            (
+                rule("error_rate", "{flag: kv_prep}", "{kind: rollback}"),
+                "not a canary indicator",
+            ),
+            (
+                rule("error_rate", "global", &throttle("ghost", 1)),
+                "no tenant 'ghost'",
+            ),
+            (
+                rule("error_rate", "global", &throttle("acme", 0)),
+                "at least 1",
+            ),
+        ] {
+            let err = with_rule(&bad).unwrap_err().to_string();
+            assert!(
+                err.contains(says) && err.contains("rules 'r'"),
+                "{bad}: {err}"
+            );
+        }
+        let err = RuntimeConfig::from_yaml(
+            "admission:\n  tenants: [{name: acme, tokens_per_minute: 0}]\n",
+            "test",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tokens_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn breaches_are_checked_globally_per_tenant_and_per_canary() {
+        let qos = QosConfig {
+            slo: SloTargets {
+                ttft_p95_seconds: Some(2.0),
+                ..SloTargets::default()
+            },
+            ..QosConfig::default()
+        };
+        let mut indicators = Indicators::global(HashMap::from([(Indicator::TtftP95Seconds, 1.0)]));
+        indicators.insert(
+            Scope::Tenant("slow".into()),
+            HashMap::from([(Indicator::TtftP95Seconds, 3.0)]),
+        );
+        indicators.insert(
+            Scope::Tenant("fast".into()),
+            HashMap::from([(Indicator::TtftP95Seconds, 0.5)]),
+        );
+        indicators.insert(
+            Scope::Flag("prefix_cache".into()),
+            HashMap::from([
+                (Indicator::CanaryTtftRegression, 0.3),
+                (Indicator::CanaryItlRegression, 0.1),
+            ]),
+        );
+        indicators.insert(
+            Scope::Flag("kv_prep".into()),
+            HashMap::from([(Indicator::CanaryTtftRegression, -0.6)]),
+        );
+        assert_eq!(
+            qos.breaches(&indicators),
+            [
+                Breach {
+                    scope: Scope::Tenant("slow".into()),
+                    indicator: Indicator::TtftP95Seconds,
+                    value: 3.0,
+                    target: 2.0
+                },
+                Breach {
+                    scope: Scope::Flag("prefix_cache".into()),
+                    indicator: Indicator::CanaryTtftRegression,
+                    value: 0.3,
+                    target: 0.2
+                },
+            ]
+        );
     }
 
     #[test]

@@ -124,6 +124,16 @@ pub struct Decision {
 }
 
 impl Flag {
+    /// Whether both cohorts get traffic (on, not killed, rollout strictly
+    /// between 0 and 100 %): only then can the canary be compared with its
+    /// baseline.
+    pub fn splits_traffic(&self) -> bool {
+        self.enabled
+            && !self.kill_switch
+            && self.rollout_percent > 0.0
+            && self.rollout_percent < 100.0
+    }
+
     /// Whether `key` (a tenant) gets the feature. The bucket is a stable
     /// hash of flag and key, so raising the rollout only adds tenants to the
     /// canary and never moves one back.

@@ -29,6 +29,18 @@
 //!   full speed.
 //! - With nothing queued and fresh measurements missing, the error is -1:
 //!   an idle server relaxes to its baseline.
+//!
+//! The governor's second knob is the engine's per-step token budget
+//! ([`BudgetController`]): the tokens one step may process, decodes first,
+//! prefill chunks with the rest. It is what trades TTFT against inter-token
+//! gaps: a step with more prefill finishes prompts sooner and makes every
+//! running stream wait longer for its next token. So a prefill backlog
+//! (admitted streams without a first token) raises the budget while the
+//! inter-token p95 has headroom, an inter-token p95 over target lowers it,
+//! and without a backlog it returns to its baseline. While the budget can
+//! still rise, TTFT does not lower the admission limit: a late first token is
+//! then answered with more prefill per step, not with fewer streams (fewer
+//! streams only move the wait into the admission queue).
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +79,10 @@ pub struct GovernorConfig {
     pub kd: f64,
     /// Most streams the limit moves in one tick.
     pub max_step: u32,
+    /// The governor sets the engine's step token budget between
+    /// `engine.step_token_budget` and `engine.max_step_token_budget`, even
+    /// with the adaptive limit off (false: the budget stays at its base).
+    pub adapt_step_budget: bool,
 }
 
 impl Default for GovernorConfig {
@@ -77,12 +93,13 @@ impl Default for GovernorConfig {
             min_streams: 4,
             max_streams: 128,
             ttft_p95_target_ms: 10_000,
-            itl_p95_target_ms: 2000,
+            itl_p95_target_ms: 1500,
             window_ms: 4000,
             kp: 0.25,
             ki: 0.2,
             kd: 0.05,
             max_step: 4,
+            adapt_step_budget: true,
         }
     }
 }
@@ -109,6 +126,8 @@ pub struct Decision {
     pub d: f64,
     pub pressure: f64,
     pub limit: u32,
+    /// The engine's step token budget.
+    pub step_budget: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +234,130 @@ impl LimitController {
             d,
             pressure,
             limit: self.limit,
+            step_budget: 0,
+        }
+    }
+}
+
+/// Inter-token p95 below `(1 - BUDGET_HEADROOM) × target` leaves room to
+/// raise the step budget; between that and the target it holds.
+pub const BUDGET_HEADROOM: f64 = 0.25;
+
+/// Growth per tick while prompts wait and gaps have headroom: ×1.25 goes
+/// from 128 to 512 tokens in about 1.5 s at the default tick. The latency
+/// window lags that (4 s), so growth can overshoot the target; the shrink in
+/// proportion to the miss takes it back (see the scripted-engine tests).
+pub const BUDGET_GROWTH: f64 = 1.25;
+
+/// Sets the engine's per-step token budget from the prefill backlog and the
+/// inter-token p95 (see the module docs).
+#[derive(Debug, Clone)]
+pub struct BudgetController {
+    base: u32,
+    ceiling: u32,
+    itl_target: f64,
+    budget: u32,
+}
+
+impl BudgetController {
+    /// `base`: the budget without a backlog; `ceiling`: the most it may
+    /// grow to; `itl_target_ms`: the inter-token p95 it must not push past.
+    pub fn new(base: u32, ceiling: u32, itl_target_ms: u64) -> Self {
+        Self {
+            base,
+            ceiling: ceiling.max(base),
+            itl_target: itl_target_ms as f64 / 1000.0,
+            budget: base,
+        }
+    }
+
+    pub fn budget(&self) -> u32 {
+        self.budget
+    }
+
+    /// Whether the budget may still rise: below its ceiling, and the
+    /// inter-token p95 (if measured) has headroom.
+    pub fn can_rise(&self, itl_p95: Option<f64>) -> bool {
+        self.budget < self.ceiling
+            && itl_p95.is_none_or(|itl| itl < (1.0 - BUDGET_HEADROOM) * self.itl_target)
+    }
+
+    /// One tick: `awaiting_first_token` admitted streams have not finished
+    /// their prefill.
+    pub fn tick(&mut self, itl_p95: Option<f64>, awaiting_first_token: usize) -> u32 {
+        let over = itl_p95
+            .map(|itl| (itl - self.itl_target) / self.itl_target)
+            .filter(|error| *error > 0.0);
+        let budget = f64::from(self.budget);
+        let next = if let Some(error) = over {
+            // Gaps too long: shrink in proportion to the miss, by half at most.
+            budget * (1.0 - 0.5 * error.min(1.0))
+        } else if awaiting_first_token == 0 {
+            // Nothing to prefill: back to the base within a few ticks.
+            budget / 2.0
+        } else if self.can_rise(itl_p95) {
+            budget * BUDGET_GROWTH
+        } else {
+            budget
+        };
+        self.budget = (next.round() as u32).clamp(self.base, self.ceiling);
+        self.budget
+    }
+}
+
+/// Both knobs, ticked together (see the module docs for how they interact).
+#[derive(Debug, Clone)]
+pub struct Governor {
+    limit: LimitController,
+    budget: BudgetController,
+}
+
+impl Governor {
+    /// `base_budget` and `budget_ceiling` come from the engine config.
+    pub fn new(config: GovernorConfig, base_budget: u32, budget_ceiling: u32) -> Self {
+        let ceiling = if config.adapt_step_budget {
+            budget_ceiling
+        } else {
+            base_budget
+        };
+        let budget = BudgetController::new(base_budget, ceiling, config.itl_p95_target_ms);
+        Self {
+            limit: LimitController::new(config),
+            budget,
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.limit()
+    }
+
+    pub fn budget(&self) -> u32 {
+        self.budget.budget()
+    }
+
+    /// Advances both controllers by `dt` seconds. With the adaptive limit
+    /// off the limit stays at `max_streams`.
+    pub fn tick(&mut self, signals: &Signals, dt: f64) -> Decision {
+        let budget_can_rise =
+            signals.awaiting_first_token > 0 && self.budget.can_rise(signals.itl_p95);
+        let step_budget = self
+            .budget
+            .tick(signals.itl_p95, signals.awaiting_first_token);
+        if !self.limit.config().enabled {
+            return Decision {
+                limit: self.limit.limit(),
+                step_budget,
+                ..Decision::default()
+            };
+        }
+        // A late first token with budget to spare is the budget's to fix.
+        let limit_signals = Signals {
+            ttft_p95: signals.ttft_p95.filter(|_| !budget_can_rise),
+            ..*signals
+        };
+        Decision {
+            step_budget,
+            ..self.limit.tick(&limit_signals, dt)
         }
     }
 }
@@ -421,5 +564,141 @@ mod tests {
             ..Signals::default()
         };
         assert_eq!(controller.error(&fast), -0.5);
+    }
+
+    /// A scripted engine: a step processes `decodes + budget` tokens at 170
+    /// tokens/s, and every running stream gets one token per step, so the
+    /// inter-token gap is the step time.
+    fn step_seconds(decodes: u32, budget: u32) -> f64 {
+        f64::from(decodes + budget) / 170.0
+    }
+
+    #[test]
+    fn budget_rises_with_a_backlog_and_settles_where_gaps_meet_the_target() {
+        // 75 decoding streams, a 2 s ITL target: the headroom band is
+        // 1.5..2.0 s of step time, i.e. a budget of about 180..265 tokens.
+        let mut budget = BudgetController::new(128, 512, 2000);
+        let budgets: Vec<u32> = (0..80)
+            .map(|_| {
+                let itl = step_seconds(75, budget.budget());
+                budget.tick(Some(itl), 10)
+            })
+            .collect();
+        assert!(budgets[5] > 128, "rises: {budgets:?}");
+        for &b in &budgets[20..] {
+            let itl = step_seconds(75, b);
+            assert!(
+                (1.4..=2.0).contains(&itl),
+                "budget {b} gives {itl} s: {budgets:?}"
+            );
+        }
+        let settled = &budgets[20..];
+        assert_eq!(
+            settled.iter().min(),
+            settled.iter().max(),
+            "no chatter: {settled:?}"
+        );
+    }
+
+    #[test]
+    fn budget_does_not_chatter_under_noise() {
+        let mut budget = BudgetController::new(128, 512, 2000);
+        let mut rng = 7u64;
+        let budgets: Vec<u32> = (0..400)
+            .map(|_| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let unit = (rng >> 11) as f64 / (1u64 << 53) as f64;
+                let itl = step_seconds(75, budget.budget()) * (1.0 + 0.1 * (2.0 * unit - 1.0));
+                budget.tick(Some(itl), 10)
+            })
+            .collect();
+        let settled = &budgets[40..];
+        for &b in settled {
+            assert!(step_seconds(75, b) <= 2.2, "budget {b}: {settled:?}");
+        }
+        let changes = settled.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            changes < settled.len() / 4,
+            "{changes} changes: {settled:?}"
+        );
+    }
+
+    #[test]
+    fn budget_falls_when_gaps_miss_and_returns_to_base_without_a_backlog() {
+        let mut budget = BudgetController::new(128, 512, 2000);
+        for _ in 0..20 {
+            budget.tick(None, 40);
+        }
+        assert_eq!(budget.budget(), 512, "cold burst, nothing decoding yet");
+        let after_miss = budget.tick(Some(3.0), 40);
+        assert!(after_miss < 512, "a 1.5x miss shrinks it");
+        assert!(!budget.can_rise(Some(1.9)), "no headroom, no growth");
+        assert!(budget.can_rise(Some(1.0)));
+        // Load gone: back to base within 5 s (20 ticks).
+        let ticks = (1..=20).find(|_| budget.tick(Some(0.2), 0) == 128);
+        assert!(ticks.is_some_and(|t| t <= 4), "took {ticks:?} ticks");
+    }
+
+    #[test]
+    fn a_late_first_token_lowers_the_limit_only_when_the_budget_cannot_help() {
+        let config = GovernorConfig {
+            enabled: true,
+            ..test_config()
+        };
+        let late = Signals {
+            ttft_p95: Some(30.0),
+            itl_p95: Some(0.5),
+            queue_depth: 0,
+            awaiting_first_token: 20,
+        };
+        let mut governor = Governor::new(config.clone(), 128, 512);
+        for _ in 0..4 {
+            governor.tick(&late, DT);
+        }
+        assert_eq!(governor.limit(), 64, "budget rising: the limit holds");
+        for _ in 0..20 {
+            governor.tick(&late, DT);
+        }
+        assert_eq!(governor.budget(), 512);
+        for _ in 0..20 {
+            governor.tick(&late, DT);
+        }
+        assert!(
+            governor.limit() < 64,
+            "budget at its ceiling: the limit falls"
+        );
+
+        let mut fixed = Governor::new(config, 128, 128);
+        let decision = fixed.tick(&late, DT);
+        assert_eq!(decision.step_budget, 128);
+        assert!(fixed.tick(&late, DT).pressure > 0.0, "no budget to raise");
+    }
+
+    #[test]
+    fn with_the_adaptive_limit_off_only_the_budget_moves() {
+        let mut governor = Governor::new(GovernorConfig::default(), 128, 512);
+        let late = Signals {
+            ttft_p95: Some(60.0),
+            itl_p95: Some(5.0),
+            queue_depth: 30,
+            awaiting_first_token: 20,
+        };
+        for _ in 0..40 {
+            let decision = governor.tick(&late, DT);
+            assert_eq!(decision.limit, 128);
+        }
+        assert_eq!(governor.budget(), 128, "gaps over target keep it at base");
+        let adapt_off = GovernorConfig {
+            adapt_step_budget: false,
+            ..GovernorConfig::default()
+        };
+        let mut fixed = Governor::new(adapt_off, 128, 512);
+        let cold = Signals {
+            awaiting_first_token: 20,
+            ..Signals::default()
+        };
+        assert_eq!(fixed.tick(&cold, DT).step_budget, 128);
     }
 }

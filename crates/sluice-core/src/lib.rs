@@ -8,6 +8,8 @@ pub mod flags;
 pub mod governor;
 pub mod hints;
 pub mod policy;
+pub mod rate;
+pub mod registry;
 pub mod sketch;
 pub mod speculation;
 pub mod window;

@@ -10,7 +10,7 @@ mod template;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use sluice_core::config::EngineConfig;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -59,6 +59,9 @@ pub struct EngineStats {
     pub generated_tokens_total: AtomicU64,
     pub finished_total: AtomicU64,
     pub cancelled_total: AtomicU64,
+    /// Streams ended because their client did not read for
+    /// `engine.max_park_ms` (parked or draining).
+    pub slow_consumer_ends_total: AtomicU64,
     /// Prefix cache: requests looked up and their prompt tokens.
     pub prefix_cache_queries_total: AtomicU64,
     pub prefix_cache_query_tokens_total: AtomicU64,
@@ -96,6 +99,7 @@ pub struct EngineHandle {
     stream_buffer_events: usize,
     max_waiting: usize,
     next_prep: Arc<AtomicU64>,
+    step_budget: Arc<AtomicU32>,
 }
 
 /// The events of one generation. Dropping it cancels the generation: the
@@ -132,6 +136,7 @@ impl EngineHandle {
         let (submissions, commands) = std::sync::mpsc::channel();
         let (status_tx, status) = watch::channel(EngineStatus::Loading);
         let stats = Arc::new(EngineStats::default());
+        let step_budget = Arc::new(AtomicU32::new(options.config.step_token_budget));
         let handle = Self {
             submissions,
             status,
@@ -139,6 +144,7 @@ impl EngineHandle {
             stream_buffer_events: options.config.stream_buffer_events,
             max_waiting: options.config.max_waiting,
             next_prep: Arc::new(AtomicU64::new(0)),
+            step_budget: Arc::clone(&step_budget),
         };
         std::thread::Builder::new()
             .name("sluice-engine".into())
@@ -150,7 +156,7 @@ impl EngineHandle {
                 )
                 .map(Arc::new)
                 .and_then(|model| {
-                    Scheduler::new(Arc::clone(&model), options.config, stats)
+                    Scheduler::new(Arc::clone(&model), options.config, stats, step_budget)
                         .map(|scheduler| (model, scheduler))
                 });
                 match loaded {
@@ -197,6 +203,25 @@ impl EngineHandle {
         }
     }
 
+    /// Sets the tokens per engine step (decodes plus prefill chunks) from the
+    /// next step on; the engine clamps it to `min_prefill_chunk` and
+    /// `EngineConfig::step_budget_ceiling`.
+    pub fn set_step_budget(&self, tokens: u32) {
+        self.step_budget.store(tokens, Ordering::Relaxed);
+    }
+
+    pub fn step_budget(&self) -> u32 {
+        self.step_budget.load(Ordering::Relaxed)
+    }
+
+    /// Fault injection for chaos tests: the engine thread sleeps for
+    /// `duration` before its next step. Running streams see no tokens
+    /// meanwhile; nothing else is affected.
+    pub fn inject_stall(&self, duration: std::time::Duration) {
+        // A stopped engine has nothing to stall.
+        let _ = self.submissions.send(Command::Stall(duration));
+    }
+
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
@@ -239,7 +264,10 @@ impl EngineHandle {
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::QueueFull { waiting });
         }
-        let (events_tx, events) = mpsc::channel(self.stream_buffer_events);
+        // One place more than the buffer: only the event that ends the
+        // stream may take it, so a parked stream can always be told why it
+        // ended.
+        let (events_tx, events) = mpsc::channel(self.stream_buffer_events + 1);
         let submission = Submission {
             request,
             events: events_tx,

@@ -109,4 +109,10 @@ pub enum StreamEvent {
     Error {
         message: String,
     },
+    /// The client did not read for longer than `engine.max_park_ms`
+    /// (`limit`): the engine ended the stream and dropped the events it had
+    /// no room for. The client's doing, not an engine failure.
+    SlowConsumer {
+        limit: Duration,
+    },
 }

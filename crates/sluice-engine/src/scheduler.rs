@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ const MIN_PREFIX_REUSE: usize = 16;
 pub(crate) enum Command {
     Generate(Submission),
     Prepare(PrepJob),
+    /// Fault injection: the engine thread sleeps this long before its next
+    /// step, as a stuck kernel would hold it.
+    Stall(Duration),
 }
 
 pub(crate) struct Submission {
@@ -84,10 +87,9 @@ struct Sequence {
     max_tokens: u32,
     ignore_eos: bool,
     pending_token_ids: Vec<i32>,
-    events: Sender<StreamEvent>,
-    /// Events the client's channel had no room for; while non-empty the
-    /// sequence is parked (skipped in the batch).
-    undelivered: VecDeque<StreamEvent>,
+    /// The way back to the client; while events wait in it the sequence is
+    /// parked (skipped in the batch).
+    outbox: Outbox,
     arrived_at: Instant,
     admitted_at: Instant,
     first_token_at: Option<Instant>,
@@ -104,15 +106,6 @@ impl Sequence {
         self.prefilled < self.prompt.len()
     }
 
-    fn deliver(&mut self, event: StreamEvent) -> Delivery {
-        self.undelivered.push_back(event);
-        self.flush()
-    }
-
-    fn flush(&mut self) -> Delivery {
-        flush_events(&self.events, &mut self.undelivered)
-    }
-
     fn timings(&self) -> EngineTimings {
         EngineTimings {
             queue: self.admitted_at - self.arrived_at,
@@ -124,24 +117,96 @@ impl Sequence {
     }
 }
 
-fn flush_events(events: &Sender<StreamEvent>, undelivered: &mut VecDeque<StreamEvent>) -> Delivery {
-    while let Some(event) = undelivered.pop_front() {
-        match events.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(event)) => {
-                undelivered.push_front(event);
-                return Delivery::Parked;
-            }
-            Err(TrySendError::Closed(_)) => return Delivery::ClientGone,
-        }
-    }
-    Delivery::Sent
-}
+/// Places in a stream's channel only the event that ends the stream may
+/// take (the channel has one more than `engine.stream_buffer_events`), so
+/// a stream ended while parked can still tell its client why.
+const LAST_EVENT_PLACES: usize = 1;
 
-/// A finished stream whose last events still wait for room in its channel.
-struct Draining {
+/// One stream's way back to its client: its bounded channel, the events the
+/// channel had no room for, and since when the client has not made room.
+struct Outbox {
     events: Sender<StreamEvent>,
     undelivered: VecDeque<StreamEvent>,
+    /// Set while events wait: when the client last made room (or, if it
+    /// never did since, when the first event had to wait).
+    stalled_since: Option<Instant>,
+}
+
+impl Outbox {
+    fn new(events: Sender<StreamEvent>) -> Self {
+        Self {
+            events,
+            undelivered: VecDeque::new(),
+            stalled_since: None,
+        }
+    }
+
+    fn is_parked(&self) -> bool {
+        !self.undelivered.is_empty()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    fn deliver(&mut self, event: StreamEvent, now: Instant) -> Delivery {
+        self.undelivered.push_back(event);
+        self.flush(now)
+    }
+
+    /// Sends what the channel has room for. A client that took any event
+    /// since the last flush restarts the stall clock.
+    fn flush(&mut self, now: Instant) -> Delivery {
+        let waiting = self.undelivered.len();
+        let delivery = self.send_waiting();
+        match delivery {
+            Delivery::Parked => {
+                if self.undelivered.len() < waiting || self.stalled_since.is_none() {
+                    self.stalled_since = Some(now);
+                }
+            }
+            Delivery::Sent | Delivery::ClientGone => self.stalled_since = None,
+        }
+        delivery
+    }
+
+    fn send_waiting(&mut self) -> Delivery {
+        while let Some(event) = self.undelivered.pop_front() {
+            // A closed channel is left to `try_send` to report.
+            if matches!(event, StreamEvent::Token { .. })
+                && self.events.capacity() <= LAST_EVENT_PLACES
+                && !self.events.is_closed()
+            {
+                self.undelivered.push_front(event);
+                return Delivery::Parked;
+            }
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.undelivered.push_front(event);
+                    return Delivery::Parked;
+                }
+                Err(TrySendError::Closed(_)) => return Delivery::ClientGone,
+            }
+        }
+        Delivery::Sent
+    }
+
+    /// Whether events have waited for the client longer than `limit`.
+    fn stalled_past(&self, limit: Duration, now: Instant) -> bool {
+        self.stalled_since
+            .is_some_and(|since| now.saturating_duration_since(since) > limit)
+    }
+
+    /// Ends the stream for a client that stopped reading: drops the events
+    /// it had no room for and sends the slow-consumer error in the place
+    /// kept for the last event (free: nothing that ends a stream was sent).
+    fn end_stalled(&mut self, limit: Duration) {
+        self.undelivered.clear();
+        self.stalled_since = None;
+        // A client gone meanwhile needs no reason.
+        let _ = self.events.try_send(StreamEvent::SlowConsumer { limit });
+    }
 }
 
 /// The first `len` prompt tokens of the sequence admitted `admission_order`th,
@@ -183,6 +248,9 @@ pub(crate) struct Scheduler {
     batch: LlamaBatch<'static>,
     config: EngineConfig,
     stats: Arc<EngineStats>,
+    /// Tokens per step, set at run time by the governor (within
+    /// `min_prefill_chunk..=step_budget_ceiling()`); read once per step.
+    step_budget: Arc<AtomicU32>,
     slots: Vec<Option<Sequence>>,
     /// Per slot, what its KV holds while the slot is free.
     cached: Vec<CachedPrefix>,
@@ -191,7 +259,8 @@ pub(crate) struct Scheduler {
     /// KV preps not yet given a slot, oldest first.
     preps: VecDeque<PrepJob>,
     preps_started: u64,
-    draining: Vec<Draining>,
+    /// Finished streams whose last events still wait for room.
+    draining: Vec<Outbox>,
     next_admission: u64,
     /// (slot, batch index) of every token whose logits the step samples.
     sample_at: Vec<(usize, i32)>,
@@ -203,6 +272,7 @@ impl Scheduler {
         model: Arc<LoadedModel>,
         config: EngineConfig,
         stats: Arc<EngineStats>,
+        step_budget: Arc<AtomicU32>,
     ) -> Result<Self, EngineError> {
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -212,7 +282,7 @@ impl Scheduler {
             .context_per_sequence
             .checked_mul(config.max_sequences)
             .ok_or_else(|| EngineError::Load("context size overflows u32".into()))?;
-        let batch_tokens = config.step_token_budget + config.max_sequences;
+        let batch_tokens = config.step_budget_ceiling() + config.max_sequences;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(batch_tokens)
@@ -236,6 +306,7 @@ impl Scheduler {
             batch,
             config,
             stats,
+            step_budget,
             slots,
             cached,
             frees: 0,
@@ -309,13 +380,16 @@ impl Scheduler {
                     self.preps.push_back(job);
                 }
             }
+            Command::Stall(duration) => std::thread::sleep(duration),
         }
     }
 
     /// One engine step. Returns whether the model ran.
     fn step(&mut self) -> bool {
-        self.flush_draining();
-        self.release_abandoned();
+        let now = Instant::now();
+        self.flush_draining(now);
+        self.release_abandoned(now);
+        self.end_slow_consumers(now);
         self.admit_waiting();
         self.copy_prefixes();
         self.build_batch();
@@ -332,21 +406,57 @@ impl Scheduler {
         true
     }
 
-    fn flush_draining(&mut self) {
+    fn flush_draining(&mut self, now: Instant) {
+        self.draining
+            .retain_mut(|drain| matches!(drain.flush(now), Delivery::Parked));
+    }
+
+    /// Ends the streams whose client has not read for `engine.max_park_ms`:
+    /// a parked sequence frees its slot (its KV stays as a cached prefix, as
+    /// for any ended stream), a draining stream is dropped. Each client gets
+    /// a slow-consumer error after the events it already has.
+    fn end_slow_consumers(&mut self, now: Instant) {
+        if self.config.max_park_ms == 0 {
+            return;
+        }
+        let limit = Duration::from_millis(self.config.max_park_ms);
+        let mut ended = 0;
+        for slot in 0..self.slots.len() {
+            let Some(seq) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            if seq.outbox.stalled_past(limit, now) {
+                seq.outbox.end_stalled(limit);
+                self.free_slot(slot, true);
+                ended += 1;
+            }
+        }
         self.draining.retain_mut(|drain| {
-            matches!(
-                flush_events(&drain.events, &mut drain.undelivered),
-                Delivery::Parked
-            )
+            let stalled = drain.stalled_past(limit, now);
+            if stalled {
+                drain.end_stalled(limit);
+                ended += 1;
+            }
+            !stalled
         });
+        if ended > 0 {
+            tracing::info!(
+                streams = ended,
+                max_park_ms = self.config.max_park_ms,
+                "ended streams whose clients stopped reading"
+            );
+            self.stats
+                .slow_consumer_ends_total
+                .fetch_add(ended, Ordering::Relaxed);
+        }
     }
 
     /// Frees sequences whose client went away and drops cancelled requests
     /// from the queue, within one step.
-    fn release_abandoned(&mut self) {
+    fn release_abandoned(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             let gone = self.slots[slot].as_mut().is_some_and(|seq| {
-                seq.events.is_closed() || matches!(seq.flush(), Delivery::ClientGone)
+                seq.outbox.is_closed() || matches!(seq.outbox.flush(now), Delivery::ClientGone)
             });
             if gone {
                 self.free_slot(slot, true);
@@ -628,12 +738,19 @@ impl Scheduler {
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             pending_token_ids: Vec::new(),
-            events,
-            undelivered: VecDeque::new(),
+            outbox: Outbox::new(events),
             arrived_at: request.arrived_at,
             admitted_at: Instant::now(),
             first_token_at: None,
         }
+    }
+
+    /// This step's token budget, clamped to what the batch was sized for.
+    fn step_budget(&self) -> u32 {
+        self.step_budget.load(Ordering::Relaxed).clamp(
+            self.config.min_prefill_chunk,
+            self.config.step_budget_ceiling(),
+        )
     }
 
     /// Decode tokens first (every unparked running stream), then prefill
@@ -644,7 +761,7 @@ impl Scheduler {
         let mut prefilling = Vec::new();
         for (slot, seq) in self.slots.iter_mut().enumerate() {
             let Some(seq) = seq else { continue };
-            if !seq.undelivered.is_empty() {
+            if seq.outbox.is_parked() {
                 continue;
             }
             if let Some(token) = seq.next_token.take() {
@@ -683,8 +800,7 @@ impl Scheduler {
             .collect();
         let decodes = self.batch.n_tokens() as u32;
         let mut budget = self
-            .config
-            .step_token_budget
+            .step_budget()
             .saturating_sub(decodes)
             .max(self.config.min_prefill_chunk) as usize;
         prefilling.sort_unstable();
@@ -727,8 +843,7 @@ impl Scheduler {
     /// then new ones, oldest first. The step thus never grows past a normal
     /// step, and running streams lose nothing.
     fn add_prep_chunks(&mut self) {
-        let spare =
-            (self.config.step_token_budget as usize).saturating_sub(self.batch.n_tokens() as usize);
+        let spare = (self.step_budget() as usize).saturating_sub(self.batch.n_tokens() as usize);
         let mut budget = spare.min(self.config.prep_tokens_per_step as usize);
         let mut prepping: Vec<(u64, usize)> = self
             .cached
@@ -804,7 +919,7 @@ impl Scheduler {
                 .generated_tokens_total
                 .fetch_add(1, Ordering::Relaxed);
             if let Some(ended) = self.accept_token(slot, token, now) {
-                self.finish(slot, ended);
+                self.finish(slot, ended, now);
             }
         }
         self.sample_at = sample_at;
@@ -838,7 +953,10 @@ impl Scheduler {
         };
         if !text.is_empty() {
             let token_ids = std::mem::take(&mut seq.pending_token_ids);
-            if let Delivery::ClientGone = seq.deliver(StreamEvent::Token { text, token_ids }) {
+            if let Delivery::ClientGone = seq
+                .outbox
+                .deliver(StreamEvent::Token { text, token_ids }, now)
+            {
                 // Freed on the next step's abandoned check.
                 return None;
             }
@@ -854,17 +972,20 @@ impl Scheduler {
     }
 
     /// Ends a stream: flushes held text, sends usage and frees its slot.
-    fn finish(&mut self, slot: usize, reason: FinishReason) {
+    fn finish(&mut self, slot: usize, reason: FinishReason, now: Instant) {
         let seq = self.slots[slot].as_mut().expect("finishing a live slot");
         // After a stop string matched, the matcher holds nothing; otherwise
         // what it held back is ordinary text.
         let tail = seq.stop.finish() + &seq.utf8.finish();
         if !tail.is_empty() {
             let token_ids = std::mem::take(&mut seq.pending_token_ids);
-            seq.deliver(StreamEvent::Token {
-                text: tail,
-                token_ids,
-            });
+            seq.outbox.deliver(
+                StreamEvent::Token {
+                    text: tail,
+                    token_ids,
+                },
+                now,
+            );
         }
         let timings = seq.timings();
         let usage = Usage {
@@ -872,11 +993,14 @@ impl Scheduler {
             completion_tokens: seq.generated,
             cached_tokens: timings.cached_tokens,
         };
-        seq.deliver(StreamEvent::Finished {
-            reason,
-            usage,
-            timings,
-        });
+        seq.outbox.deliver(
+            StreamEvent::Finished {
+                reason,
+                usage,
+                timings,
+            },
+            now,
+        );
         self.stats.finished_total.fetch_add(1, Ordering::Relaxed);
         self.free_slot(slot, true);
     }
@@ -894,11 +1018,9 @@ impl Scheduler {
         } else {
             self.clear_kv(slot);
         }
-        if !seq.undelivered.is_empty() && !seq.events.is_closed() {
-            self.draining.push(Draining {
-                events: seq.events,
-                undelivered: seq.undelivered,
-            });
+        // The stall clock carries over: the client has not read since then.
+        if seq.outbox.is_parked() && !seq.outbox.is_closed() {
+            self.draining.push(seq.outbox);
         }
     }
 
@@ -926,9 +1048,12 @@ impl Scheduler {
         }
         for slot in slots {
             if let Some(seq) = self.slots[slot].as_mut() {
-                seq.deliver(StreamEvent::Error {
-                    message: message.to_owned(),
-                });
+                seq.outbox.deliver(
+                    StreamEvent::Error {
+                        message: message.to_owned(),
+                    },
+                    Instant::now(),
+                );
             }
             // What a failed decode left in these cells is unknown.
             self.free_slot(slot, false);
@@ -941,7 +1066,7 @@ impl Scheduler {
         let mut kv_tokens = 0;
         for seq in self.slots.iter().flatten() {
             running += 1;
-            parked += usize::from(!seq.undelivered.is_empty());
+            parked += usize::from(seq.outbox.is_parked());
             kv_tokens += seq.kv_tokens.len();
         }
         self.stats.running.store(running, Ordering::Relaxed);
@@ -999,4 +1124,117 @@ fn build_sampler(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc::{self, Receiver};
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_millis(1500);
+    const BUFFER_EVENTS: usize = 2;
+
+    fn token(text: &str) -> StreamEvent {
+        StreamEvent::Token {
+            text: text.to_owned(),
+            token_ids: vec![1],
+        }
+    }
+
+    /// An outbox whose channel is sized as `EngineHandle::submit` sizes it.
+    fn outbox() -> (Outbox, Receiver<StreamEvent>) {
+        let (events, receiver) = mpsc::channel(BUFFER_EVENTS + LAST_EVENT_PLACES);
+        (Outbox::new(events), receiver)
+    }
+
+    /// Fills the buffer, then parks one more token at `at`.
+    fn park(outbox: &mut Outbox, at: Instant) {
+        for _ in 0..BUFFER_EVENTS {
+            assert!(matches!(outbox.deliver(token("a"), at), Delivery::Sent));
+        }
+        assert!(matches!(outbox.deliver(token("b"), at), Delivery::Parked));
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_stalled_past_the_limit_only_after_it() {
+        let (mut outbox, _receiver) = outbox();
+        let parked_at = Instant::now();
+        assert!(!outbox.stalled_past(LIMIT, parked_at + LIMIT));
+        park(&mut outbox, parked_at);
+        assert!(outbox.is_parked());
+        // Flushes that move nothing keep the clock running.
+        let later = parked_at + LIMIT / 2;
+        assert!(matches!(outbox.flush(later), Delivery::Parked));
+        assert!(!outbox.stalled_past(LIMIT, parked_at + LIMIT));
+        assert!(outbox.stalled_past(LIMIT, parked_at + LIMIT + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn every_event_the_client_takes_restarts_the_clock() {
+        let (mut outbox, mut receiver) = outbox();
+        let parked_at = Instant::now();
+        park(&mut outbox, parked_at);
+        outbox.undelivered.push_back(token("c"));
+        // The client takes one event: one waiting event moves, one still waits.
+        receiver.try_recv().unwrap();
+        let read_at = parked_at + LIMIT;
+        assert!(matches!(outbox.flush(read_at), Delivery::Parked));
+        assert!(!outbox.stalled_past(LIMIT, parked_at + LIMIT * 2));
+        assert!(outbox.stalled_past(LIMIT, read_at + LIMIT + Duration::from_millis(1)));
+        // It takes the rest: nothing waits, nothing is stalled.
+        receiver.try_recv().unwrap();
+        assert!(matches!(outbox.flush(read_at), Delivery::Sent));
+        assert!(!outbox.is_parked());
+        assert!(!outbox.stalled_past(LIMIT, read_at + LIMIT * 10));
+    }
+
+    #[test]
+    fn the_event_that_ends_a_stream_takes_the_place_tokens_may_not() {
+        let (mut outbox, mut receiver) = outbox();
+        let now = Instant::now();
+        for _ in 0..BUFFER_EVENTS {
+            outbox.deliver(token("a"), now);
+        }
+        let finished = StreamEvent::Finished {
+            reason: FinishReason::Length,
+            usage: Usage::default(),
+            timings: EngineTimings::default(),
+        };
+        assert!(matches!(
+            outbox.deliver(finished.clone(), now),
+            Delivery::Sent
+        ));
+        for _ in 0..BUFFER_EVENTS {
+            assert!(matches!(receiver.try_recv(), Ok(StreamEvent::Token { .. })));
+        }
+        assert_eq!(receiver.try_recv().unwrap(), finished);
+    }
+
+    #[test]
+    fn a_stalled_stream_ends_with_a_slow_consumer_error_after_what_the_client_has() {
+        let (mut outbox, mut receiver) = outbox();
+        park(&mut outbox, Instant::now());
+        outbox.end_stalled(LIMIT);
+        assert!(!outbox.is_parked());
+        drop(outbox);
+        let mut received = Vec::new();
+        while let Ok(event) = receiver.try_recv() {
+            received.push(event);
+        }
+        let mut expected = vec![token("a"); BUFFER_EVENTS];
+        expected.push(StreamEvent::SlowConsumer { limit: LIMIT });
+        assert_eq!(received, expected, "the parked token is dropped");
+        assert!(receiver.is_closed());
+    }
+
+    #[test]
+    fn a_client_gone_is_reported_even_while_parked() {
+        let (mut outbox, receiver) = outbox();
+        let now = Instant::now();
+        park(&mut outbox, now);
+        drop(receiver);
+        assert!(matches!(outbox.flush(now), Delivery::ClientGone));
+        assert!(!outbox.stalled_past(LIMIT, now + LIMIT * 2));
+    }
 }

@@ -1,9 +1,11 @@
 //! `/admin/*`: run-time state and levers (protocol mode, feature flags),
 //! behind `server.admin_api_key`.
 //! Without a configured key the endpoints do not exist (404), so an
-//! unconfigured server exposes nothing.
+//! unconfigured server exposes nothing. The fault hooks (`/admin/fault/*`)
+//! exist only with `server.fault_injection` on as well.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use sluice_core::flags::Flag;
+use sluice_core::registry::{EndReason, Stage};
 
 use crate::api::error::ApiError;
 use crate::api::openai::{from_value, parse_json};
@@ -52,13 +55,56 @@ pub async fn state(
             "limit": admission.limit,
             "active": admission.active,
             "queued": admission.queued,
+            "policy_bound": state.limit_bound.load(std::sync::atomic::Ordering::Relaxed),
         },
+        "engine": {"step_token_budget": state.engine.step_budget()},
         "draining": state.is_draining(),
         "flags": *state.flags.snapshot(),
         "policy": {
             "breaker_open": state.policy_log.breaker_open(),
             "recent_actions": state.policy_log.recent(),
         },
+    }))
+    .into_response())
+}
+
+/// The stream registry: live streams by state and each live stream, ended
+/// streams by reason.
+pub async fn streams(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: OriginalUri,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    let counts = state.streams.counts();
+    let live: serde_json::Map<String, serde_json::Value> = Stage::ALL
+        .into_iter()
+        .map(|stage| (stage.as_str().to_owned(), counts.in_stage(stage).into()))
+        .collect();
+    let ended: serde_json::Map<String, serde_json::Value> = EndReason::ALL
+        .into_iter()
+        .map(|reason| (reason.as_str().to_owned(), counts.ended_with(reason).into()))
+        .collect();
+    let streams: Vec<serde_json::Value> = state
+        .streams
+        .snapshot()
+        .into_iter()
+        .map(|stream| {
+            json!({
+                "id": stream.request_id,
+                "tenant": stream.tenant,
+                "protocol": stream.protocol.as_str(),
+                "state": stream.stage.as_str(),
+                "age_ms": stream.age.as_millis() as u64,
+                "tokens": stream.tokens,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "active": counts.active(),
+        "by_state": live,
+        "ended": ended,
+        "streams": streams,
     }))
     .into_response())
 }
@@ -125,6 +171,41 @@ pub async fn set_flag(
     state.flags.replace(flags);
     tracing::info!(flag = %name, ?flag, "admin: flag changed");
     Ok(axum::Json(json!({"flag": name, "value": flag})).into_response())
+}
+
+/// The longest engine stall `/admin/fault/stall` injects: long enough for
+/// any chaos scenario, short enough that a typo cannot wedge a server.
+const MAX_STALL_MS: u64 = 60_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StallFault {
+    ms: u64,
+}
+
+/// Fault injection: the engine thread sleeps `ms` before its next step, as
+/// a stuck kernel would hold it. Answers at once; the HTTP side keeps
+/// serving meanwhile.
+pub async fn inject_stall(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: OriginalUri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !state.limits.fault_injection {
+        return Err(ApiError::not_found(uri.path()));
+    }
+    authorize(&state, &headers, &uri)?;
+    let fault: StallFault = read_body(body)?;
+    if !(1..=MAX_STALL_MS).contains(&fault.ms) {
+        return Err(ApiError::invalid(
+            "ms",
+            format!("'ms' must be between 1 and {MAX_STALL_MS}."),
+        ));
+    }
+    state.engine.inject_stall(Duration::from_millis(fault.ms));
+    tracing::warn!(ms = fault.ms, "admin: engine stall injected");
+    Ok(axum::Json(json!({"fault": "stall", "ms": fault.ms})).into_response())
 }
 
 #[cfg(test)]

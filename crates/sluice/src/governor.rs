@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_core::admission::Admission;
-use sluice_core::governor::{GovernorConfig, LimitController, Signals};
+use sluice_core::governor::{Decision, Governor, Signals};
 use sluice_core::window::LatencyWindow;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::server::AppState;
 
 /// Most samples a window keeps, whatever the token rate.
 const WINDOW_CAPACITY: usize = 4096;
@@ -68,22 +67,16 @@ fn lock(window: &Mutex<LatencyWindow>) -> std::sync::MutexGuard<'_, LatencyWindo
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Ticks the controller until `stop`; with the governor disabled the limit
-/// stays at `max_streams`.
+/// Ticks the governor until `stop`: it sets the engine's step token budget
+/// and, with the adaptive limit on, the admission limit. The admission limit
+/// never exceeds the policy engine's bound (`AppState::limit_bound`); with
+/// the adaptive limit off it is `max_streams` under that bound.
 pub async fn run(
-    config: GovernorConfig,
-    admission: Arc<Admission>,
-    windows: Arc<LatencyWindows>,
-    metrics: Arc<Metrics>,
+    mut governor: Governor,
+    tick: Duration,
+    state: Arc<AppState>,
     stop: CancellationToken,
 ) {
-    admission.set_limit(config.max_streams);
-    metrics.governor.limit.set(i64::from(config.max_streams));
-    if !config.enabled {
-        return;
-    }
-    let tick = Duration::from_millis(config.tick_ms);
-    let mut controller = LimitController::new(config);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
@@ -93,16 +86,21 @@ pub async fn run(
             now = ticker.tick() => {
                 let dt = now.duration_since(last).as_secs_f64();
                 last = now;
+                let windows = &state.latency;
                 let (ttft_p95, itl_p95) = windows.p95s(Instant::now());
                 let signals = Signals {
                     ttft_p95,
                     itl_p95,
-                    queue_depth: admission.snapshot().queued,
+                    queue_depth: state.admission.snapshot().queued,
                     awaiting_first_token: windows.awaiting_first_token.load(Ordering::Relaxed),
                 };
-                let decision = controller.tick(&signals, dt);
-                admission.set_limit(decision.limit);
-                metrics.governor.observe(&signals, &decision);
+                let decision = governor.tick(&signals, dt);
+                let limit = decision.limit.min(state.limit_bound.load(Ordering::Relaxed));
+                if limit != state.admission.snapshot().limit {
+                    state.admission.set_limit(limit);
+                }
+                state.engine.set_step_budget(decision.step_budget);
+                state.metrics.governor.observe(&signals, &Decision { limit, ..decision });
             }
         }
     }

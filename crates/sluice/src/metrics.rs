@@ -1,5 +1,6 @@
 //! Prometheus metrics, named as vLLM names them (`sluice:` prefix).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,8 +11,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sluice_core::admission::DEFAULT_TENANT;
+use sluice_core::flags::Cohort;
 use sluice_core::governor::{Decision, Signals};
-use sluice_core::policy::Window;
+use sluice_core::policy::{CohortWindows, ScopedWindows, Window};
+use sluice_core::registry::{EndReason, Stage, StreamCounts};
 use sluice_engine::EngineStats;
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -22,6 +26,7 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 #[derive(Default)]
 pub struct GovernorMetrics {
     pub limit: Gauge,
+    step_budget: Gauge,
     ttft_p95: FloatGauge,
     itl_p95: FloatGauge,
     error: FloatGauge,
@@ -34,6 +39,7 @@ pub struct GovernorMetrics {
 impl GovernorMetrics {
     pub fn observe(&self, signals: &Signals, decision: &Decision) {
         self.limit.set(i64::from(decision.limit));
+        self.step_budget.set(i64::from(decision.step_budget));
         self.ttft_p95.set(signals.ttft_p95.unwrap_or(0.0));
         self.itl_p95.set(signals.itl_p95.unwrap_or(0.0));
         self.error.set(decision.error);
@@ -77,6 +83,11 @@ impl GovernorMetrics {
             "Streams admission lets run at once",
             self.limit.clone(),
         );
+        registry.register(
+            "sluice:governor_step_token_budget",
+            "Tokens per engine step (decodes plus prefill chunks) the governor set",
+            self.step_budget.clone(),
+        );
     }
 }
 
@@ -110,12 +121,19 @@ pub struct Metrics {
     kv_tokens_in_use: Gauge,
     engine_steps: Counter,
     engine_cancellations: Counter,
+    slow_consumer_ends: Counter,
     prefix_cache: PrefixCacheMetrics,
     kv_cached_tokens: Gauge,
+    pub streams: StreamMetrics,
     /// Policy actions taken, by action and the rule that took them.
     pub policy_actions: Family<Vec<(&'static str, String)>, Counter>,
+    pub alerts: AlertMetrics,
     /// The QoS evaluator's current window, fed by the same observations.
-    qos_window: Mutex<Window>,
+    qos_window: Mutex<QosWindow>,
+    /// Tenant name → its slot in the QoS window; fixed at start.
+    tenant_slots: HashMap<String, usize>,
+    /// Slot → tenant name; the last slot is `OTHER_TENANTS`.
+    tenant_names: Vec<String>,
     /// Serialises scrapes: engine totals are copied into counters by delta.
     scrape: Mutex<()>,
 }
@@ -136,8 +154,91 @@ impl Default for Metrics {
     }
 }
 
+/// The QoS window's bucket for tenants it does not track. Tenants come
+/// from configured API keys, so none lands here today; the bucket is what
+/// keeps a new source of tenant names from growing the window.
+pub const OTHER_TENANTS: &str = "_other";
+
+/// Where one request's observations go in the QoS window: its tenant's
+/// slot, and its cohort in each flag in partial rollout. Resolved once per
+/// request, so a token costs no lookup.
+#[derive(Debug, Clone)]
+pub struct QosTags {
+    tenant: usize,
+    canaries: Vec<(&'static str, Cohort)>,
+}
+
+/// The QoS window being filled: global, per tenant slot, per compared flag.
+struct QosWindow {
+    global: Window,
+    tenants: Vec<Window>,
+    flags: Vec<(&'static str, CohortWindows)>,
+}
+
+impl QosWindow {
+    fn new(tenant_slots: usize) -> Self {
+        Self {
+            global: Window::new(),
+            tenants: vec![Window::new(); tenant_slots],
+            flags: Vec::new(),
+        }
+    }
+
+    /// The global window and the request's tenant window.
+    fn scopes(&mut self, tags: &QosTags) -> [&mut Window; 2] {
+        [&mut self.global, &mut self.tenants[tags.tenant]]
+    }
+
+    /// Each cohort the request is in: a handful of flags, found by a short
+    /// scan.
+    fn record_cohorts(&mut self, tags: &QosTags, record: impl Fn(&mut CohortWindows, Cohort)) {
+        for &(flag, cohort) in &tags.canaries {
+            let index = match self.flags.iter().position(|(name, _)| *name == flag) {
+                Some(index) => index,
+                None => {
+                    self.flags.push((flag, CohortWindows::default()));
+                    self.flags.len() - 1
+                }
+            };
+            record(&mut self.flags[index].1, cohort);
+        }
+    }
+}
+
+fn count_outcome(window: &mut Window, outcome: &str) {
+    window.requests += 1;
+    match outcome {
+        "engine_error" => {
+            window.errors += 1;
+            window.infra_cancellations += 1;
+        }
+        "shutdown" => window.infra_cancellations += 1,
+        _ => {}
+    }
+}
+
 impl Metrics {
+    /// Metrics whose QoS window tracks only the default tenant (and the
+    /// catch-all).
     pub fn new() -> Self {
+        Self::with_tenants(Vec::new())
+    }
+
+    /// Metrics whose QoS window tracks `tenants` (the configured ones), the
+    /// default tenant and `OTHER_TENANTS`: a bounded set, fixed at start.
+    pub fn with_tenants(tenants: Vec<String>) -> Self {
+        let mut tenant_names = vec![DEFAULT_TENANT.to_owned()];
+        for tenant in tenants {
+            if !tenant_names.contains(&tenant) {
+                tenant_names.push(tenant);
+            }
+        }
+        tenant_names.push(OTHER_TENANTS.to_owned());
+        let tenant_slots = tenant_names
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| (name.clone(), slot))
+            .collect();
         let mut registry = Registry::default();
         let histogram = |buckets: &[f64]| Histogram::new(buckets.iter().copied());
         let metrics = Self {
@@ -162,10 +263,15 @@ impl Metrics {
             kv_tokens_in_use: Gauge::default(),
             engine_steps: Counter::default(),
             engine_cancellations: Counter::default(),
+            slow_consumer_ends: Counter::default(),
             prefix_cache: PrefixCacheMetrics::default(),
             kv_cached_tokens: Gauge::default(),
+            streams: StreamMetrics::default(),
             policy_actions: Family::default(),
-            qos_window: Mutex::new(Window::new()),
+            alerts: AlertMetrics::default(),
+            qos_window: Mutex::new(QosWindow::new(tenant_names.len())),
+            tenant_slots,
+            tenant_names,
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -270,12 +376,19 @@ impl Metrics {
             "Sequences freed because their client went away",
             metrics.engine_cancellations.clone(),
         );
+        registry.register(
+            "sluice:slow_consumer_ends",
+            "Streams ended because their client did not read for engine.max_park_ms",
+            metrics.slow_consumer_ends.clone(),
+        );
         metrics.prefix_cache.register(&mut registry);
+        metrics.streams.register(&mut registry);
         registry.register(
             "sluice:policy_actions",
             "Actions the QoS policy engine took, by action and rule",
             metrics.policy_actions.clone(),
         );
+        metrics.alerts.register(&mut registry);
         registry.register(
             "sluice:kv_cached_tokens",
             "KV cache cells held by idle sequences: cached prefixes and KV preps",
@@ -287,22 +400,59 @@ impl Metrics {
         }
     }
 
-    pub fn observe_ttft(&self, ttft: Duration) {
-        self.time_to_first_token.observe(ttft.as_secs_f64());
-        self.qos(|window| window.ttft.record(ttft.as_secs_f64()));
+    /// A request's place in the QoS window: its tenant (an untracked one
+    /// counts as `OTHER_TENANTS`) and its cohorts of flags in partial
+    /// rollout.
+    pub fn qos_tags(&self, tenant: &str, canaries: Vec<(&'static str, Cohort)>) -> QosTags {
+        QosTags {
+            tenant: self.tenant_slot(tenant),
+            canaries,
+        }
     }
 
-    pub fn observe_itl(&self, seconds: f64) {
+    fn tenant_slot(&self, tenant: &str) -> usize {
+        self.tenant_slots
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.tenant_names.len() - 1)
+    }
+
+    pub fn observe_ttft(&self, ttft: Duration, tags: &QosTags) {
+        let seconds = ttft.as_secs_f64();
+        self.time_to_first_token.observe(seconds);
+        self.qos(|window| {
+            for scope in window.scopes(tags) {
+                scope.ttft.record(seconds);
+            }
+            window.record_cohorts(tags, |flag, cohort| {
+                flag.cohort_mut(cohort).ttft.record(seconds);
+            });
+        });
+    }
+
+    /// Per token: one lock for every scope the gap counts in.
+    pub fn observe_itl(&self, seconds: f64, tags: &QosTags) {
         self.inter_token_latency.observe(seconds);
-        self.qos(|window| window.itl.record(seconds));
+        self.qos(|window| {
+            for scope in window.scopes(tags) {
+                scope.itl.record(seconds);
+            }
+            window.record_cohorts(tags, |flag, cohort| {
+                flag.cohort_mut(cohort).itl.record(seconds);
+            });
+        });
     }
 
-    pub fn count_output_tokens(&self, tokens: u32) {
+    pub fn count_output_tokens(&self, tokens: u32, tags: &QosTags) {
         self.generation_tokens.inc_by(u64::from(tokens));
-        self.qos(|window| window.output_tokens += u64::from(tokens));
+        self.qos(|window| {
+            for scope in window.scopes(tags) {
+                scope.output_tokens += u64::from(tokens);
+            }
+        });
     }
 
-    fn qos(&self, update: impl FnOnce(&mut Window)) {
+    fn qos(&self, update: impl FnOnce(&mut QosWindow)) {
         update(
             &mut self
                 .qos_window
@@ -311,16 +461,35 @@ impl Metrics {
         );
     }
 
-    /// Ends the QoS window: returns it (covering `seconds`) and starts anew.
-    pub fn take_qos_window(&self, seconds: f64) -> Window {
-        let mut window = std::mem::take(
+    /// Ends the QoS window: returns every scope of it (covering `seconds`)
+    /// and starts anew.
+    pub fn take_qos_window(&self, seconds: f64) -> ScopedWindows {
+        let fresh = QosWindow::new(self.tenant_names.len());
+        let window = std::mem::replace(
             &mut *self
                 .qos_window
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            fresh,
         );
-        window.seconds = seconds;
-        window
+        let with_seconds = |mut window: Window| {
+            window.seconds = seconds;
+            window
+        };
+        ScopedWindows {
+            global: with_seconds(window.global),
+            tenants: self
+                .tenant_names
+                .iter()
+                .cloned()
+                .zip(window.tenants.into_iter().map(with_seconds))
+                .collect(),
+            flags: window
+                .flags
+                .into_iter()
+                .map(|(flag, cohorts)| (flag.to_owned(), cohorts))
+                .collect(),
+        }
     }
 
     pub fn observe_stage(&self, stage: &'static str, seconds: Duration) {
@@ -329,25 +498,24 @@ impl Metrics {
             .observe(seconds.as_secs_f64());
     }
 
-    pub fn count_rejected(&self, reason: &'static str) {
-        self.qos(|window| window.rejections += 1);
+    pub fn count_rejected(&self, reason: &'static str, tenant: &str) {
+        let slot = self.tenant_slot(tenant);
+        self.qos(|window| {
+            window.global.rejections += 1;
+            window.tenants[slot].rejections += 1;
+        });
         self.requests_rejected
             .get_or_create(&vec![("reason", reason)])
             .inc();
     }
 
     /// A request ended: `stop`/`length`, `cancelled` (its client left),
-    /// or the server's doing: `engine_error`, `shutdown`.
-    pub fn count_finished(&self, outcome: &'static str) {
+    /// `slow_consumer` (its client stopped reading), or the server's doing:
+    /// `engine_error`, `shutdown`.
+    pub fn count_finished(&self, outcome: &'static str, tags: &QosTags) {
         self.qos(|window| {
-            window.requests += 1;
-            match outcome {
-                "engine_error" => {
-                    window.errors += 1;
-                    window.infra_cancellations += 1;
-                }
-                "shutdown" => window.infra_cancellations += 1,
-                _ => {}
+            for scope in window.scopes(tags) {
+                count_outcome(scope, outcome);
             }
         });
         self.requests_finished
@@ -356,7 +524,12 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, with the engine's live counters.
-    pub fn render(&self, engine: &EngineStats, admission_queued: usize) -> String {
+    pub fn render(
+        &self,
+        engine: &EngineStats,
+        admission_queued: usize,
+        streams: &StreamCounts,
+    ) -> String {
         let _serial = self
             .scrape
             .lock()
@@ -377,12 +550,121 @@ impl Metrics {
             &self.engine_cancellations,
             engine.cancelled_total.load(Ordering::Relaxed),
         );
+        advance_to(
+            &self.slow_consumer_ends,
+            engine.slow_consumer_ends_total.load(Ordering::Relaxed),
+        );
         self.prefix_cache.advance(engine);
+        self.streams.advance(streams);
         self.kv_cached_tokens
             .set(engine.kv_cached_tokens.load(Ordering::Relaxed) as i64);
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// What became of alerts (`alerts.rs`). Clones share the counters, so the
+/// alert worker holds its own.
+#[derive(Default, Clone)]
+pub struct AlertMetrics {
+    /// Alerts a webhook accepted (2xx), by alert kind: one per webhook.
+    pub sent: Family<Labels, Counter>,
+    /// Deliveries given up: a 4xx, or every retry failed.
+    pub failed: Counter,
+    /// Alerts not queued for delivery because the queue was full.
+    pub dropped: Counter,
+    /// Alerts not raised because their key was raised within the dedup window.
+    pub deduplicated: Counter,
+}
+
+impl AlertMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sluice:alerts_sent",
+            "Alerts delivered to a webhook, by kind (one per webhook)",
+            self.sent.clone(),
+        );
+        let counters = [
+            (
+                "sluice:alerts_failed",
+                "Alert deliveries given up: a 4xx answer or every retry failed",
+                &self.failed,
+            ),
+            (
+                "sluice:alerts_dropped",
+                "Alerts dropped because the delivery queue was full",
+                &self.dropped,
+            ),
+            (
+                "sluice:alerts_deduplicated",
+                "Alerts not raised again because their key was raised within the dedup window",
+                &self.deduplicated,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
+}
+
+/// The stream registry's counts, and how long writers waited on clients.
+pub struct StreamMetrics {
+    /// Per stream, the time its writer waited for the client to take what
+    /// was written (write backpressure).
+    pub blocked: Histogram,
+    by_state: Family<Labels, Gauge>,
+    ended: Family<Labels, Counter>,
+}
+
+/// Most streams never wait on their client; those that do may wait long.
+const BLOCKED_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        Self {
+            blocked: Histogram::new(BLOCKED_BUCKETS.iter().copied()),
+            by_state: Family::default(),
+            ended: Family::default(),
+        }
+    }
+}
+
+impl StreamMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sluice:stream_blocked_seconds",
+            "Time a stream's writer waited for its client to read, per stream",
+            self.blocked.clone(),
+        );
+        registry.register(
+            "sluice:streams",
+            "Live streams by lifecycle state",
+            self.by_state.clone(),
+        );
+        registry.register(
+            "sluice:streams_ended",
+            "Streams that ended, by reason",
+            self.ended.clone(),
+        );
+    }
+
+    /// Copies the registry's counts; every state and reason is exported,
+    /// zero included, so rates exist before the first event.
+    fn advance(&self, counts: &StreamCounts) {
+        for stage in Stage::ALL {
+            self.by_state
+                .get_or_create(&vec![("state", stage.as_str())])
+                .set(counts.in_stage(stage) as i64);
+        }
+        for reason in EndReason::ALL {
+            advance_to(
+                &self.ended.get_or_create(&vec![("reason", reason.as_str())]),
+                counts.ended_with(reason),
+            );
+        }
     }
 }
 
@@ -473,4 +755,58 @@ impl PrefixCacheMetrics {
 
 fn advance_to(counter: &Counter, total: u64) {
     counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_qos_window_splits_by_tenant_and_cohort_within_a_fixed_set() {
+        let metrics = Metrics::with_tenants(vec!["acme".to_owned(), DEFAULT_TENANT.to_owned()]);
+        let acme = metrics.qos_tags("acme", vec![("prefix_cache", Cohort::Canary)]);
+        let stranger = metrics.qos_tags("stranger", vec![("prefix_cache", Cohort::Baseline)]);
+        let plain = metrics.qos_tags(DEFAULT_TENANT, Vec::new());
+        metrics.observe_ttft(Duration::from_millis(500), &acme);
+        metrics.observe_itl(0.05, &acme);
+        metrics.observe_ttft(Duration::from_millis(900), &stranger);
+        metrics.observe_ttft(Duration::from_millis(100), &plain);
+        metrics.count_finished("engine_error", &acme);
+        metrics.count_finished("stop", &stranger);
+        metrics.count_rejected("queue_full", "acme");
+        metrics.count_rejected("queue_full", "another-stranger");
+
+        let window = metrics.take_qos_window(10.0);
+        assert_eq!(window.global.ttft.count(), 3);
+        assert_eq!((window.global.requests, window.global.rejections), (2, 2));
+        let tenants: Vec<&str> = window
+            .tenants
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(tenants, [DEFAULT_TENANT, "acme", OTHER_TENANTS]);
+        let [(_, default), (_, acme), (_, other)] = &window.tenants[..] else {
+            panic!("three tenant slots");
+        };
+        assert_eq!(default.ttft.count(), 1);
+        assert_eq!((acme.ttft.count(), acme.itl.count()), (1, 1));
+        assert_eq!((acme.requests, acme.errors, acme.rejections), (1, 1, 1));
+        assert_eq!(
+            (other.ttft.count(), other.requests, other.rejections),
+            (1, 1, 1)
+        );
+        assert_eq!(acme.seconds, 10.0);
+        let [(flag, cohorts)] = &window.flags[..] else {
+            panic!("one compared flag: {:?}", window.flags);
+        };
+        assert_eq!(flag, "prefix_cache");
+        assert_eq!(cohorts.canary.ttft.count(), 1);
+        assert_eq!(cohorts.canary.itl.count(), 1);
+        assert_eq!(cohorts.baseline.ttft.count(), 1);
+
+        let next = metrics.take_qos_window(10.0);
+        assert_eq!(next.global.ttft.count(), 0);
+        assert_eq!(next.tenants.len(), 3);
+        assert!(next.flags.is_empty());
+    }
 }

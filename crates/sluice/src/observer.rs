@@ -1,44 +1,48 @@
 //! Per-request accounting: latency histograms as tokens are written, and one
-//! log line when the request ends, however it ends.
+//! log line when the request ends, however it ends. The request's stream
+//! handle (`sluice_core::registry`) holds its lifecycle and telemetry; the
+//! observer feeds them to metrics and the log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_core::admission::TokenCharge;
 use sluice_core::flags::Cohort;
+use sluice_core::registry::{EndReason, Stage, StreamHandle};
 use sluice_engine::{EngineTimings, FinishReason, Usage};
 
 use crate::api::sse::Endpoint;
 use crate::governor::{AwaitingFirstToken, LatencyWindows};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, QosTags};
 
-/// Who a request is and when it got where, for its observer.
+/// What a request is, for its observer; who it is and when it got where
+/// are in its stream handle.
 pub struct RequestInfo {
-    pub id: String,
-    pub tenant: String,
     pub endpoint: Endpoint,
-    pub arrived_at: Instant,
-    /// When admission granted the stream its permit.
-    pub admitted_at: Instant,
     pub prompt_tokens: usize,
     /// The feature-flag cohorts the request is in, by flag name.
     pub cohorts: Vec<(&'static str, Cohort)>,
+    /// Its cohorts of the flags in partial rollout, which the QoS window
+    /// compares.
+    pub canaries: Vec<(&'static str, Cohort)>,
+    /// Tokens taken from the tenant's token bucket, settled at the end.
+    pub token_charge: Option<TokenCharge>,
 }
 
 pub struct RequestObserver {
     metrics: Arc<Metrics>,
     latency: Arc<LatencyWindows>,
-    id: String,
-    tenant: String,
+    stream: StreamHandle,
     endpoint: Endpoint,
-    arrived_at: Instant,
-    /// When admission granted the stream its permit.
+    /// When admission granted the stream its permit (or, for an answer that
+    /// needed none, when it started).
     admitted_at: Instant,
     prompt_tokens: usize,
     cohorts: Vec<(&'static str, Cohort)>,
-    first_token_at: Option<Instant>,
+    qos: QosTags,
+    token_charge: Option<TokenCharge>,
     /// Released at the first token, or when the request ends without one.
     awaiting_first_token: Option<AwaitingFirstToken>,
-    last_token_at: Option<Instant>,
     completion_tokens: u32,
     queue_time: Option<Duration>,
     /// How the request ended; `None` until it has.
@@ -46,34 +50,44 @@ pub struct RequestObserver {
 }
 
 impl RequestObserver {
-    pub fn new(metrics: Arc<Metrics>, latency: Arc<LatencyWindows>, request: RequestInfo) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        latency: Arc<LatencyWindows>,
+        stream: StreamHandle,
+        request: RequestInfo,
+    ) -> Self {
         let awaiting_first_token = Some(latency.await_first_token());
+        let qos = metrics.qos_tags(stream.tenant(), request.canaries);
+        let admitted_at = stream.stamp(Stage::Admitted).unwrap_or_else(Instant::now);
         Self {
             metrics,
             latency,
-            id: request.id,
-            tenant: request.tenant,
+            stream,
             endpoint: request.endpoint,
-            arrived_at: request.arrived_at,
-            admitted_at: request.admitted_at,
+            admitted_at,
             prompt_tokens: request.prompt_tokens,
             cohorts: request.cohorts,
-            first_token_at: None,
+            qos,
+            token_charge: request.token_charge,
             awaiting_first_token,
-            last_token_at: None,
             completion_tokens: 0,
             queue_time: None,
             outcome: None,
         }
     }
 
-    pub fn token_written(&mut self, now: Instant) {
-        match self.last_token_at {
+    /// The stream, to stamp its stages and account what it writes.
+    pub fn stream(&mut self) -> &mut StreamHandle {
+        &mut self.stream
+    }
+
+    /// A piece of `tokens` tokens was written at `now`.
+    pub fn token_written(&mut self, now: Instant, tokens: u32) {
+        match self.stream.token_written(now, tokens) {
             None => {
-                let ttft = now - self.arrived_at;
-                self.first_token_at = Some(now);
+                let ttft = now - self.stream.arrived_at();
                 self.awaiting_first_token = None;
-                self.metrics.observe_ttft(ttft);
+                self.metrics.observe_ttft(ttft, &self.qos);
                 for (flag, cohort) in &self.cohorts {
                     self.metrics
                         .cohort_ttft
@@ -88,13 +102,12 @@ impl RequestObserver {
                 self.latency
                     .record_ttft(now, (now - self.admitted_at).as_secs_f64());
             }
-            Some(last) => {
-                let gap = (now - last).as_secs_f64();
-                self.metrics.observe_itl(gap);
+            Some(gap) => {
+                let gap = gap.as_secs_f64();
+                self.metrics.observe_itl(gap, &self.qos);
                 self.latency.record_itl(now, gap);
             }
         }
-        self.last_token_at = Some(now);
     }
 
     pub fn finished(&mut self, reason: FinishReason, usage: Usage, timings: EngineTimings) {
@@ -108,12 +121,33 @@ impl RequestObserver {
         self.metrics
             .prompt_tokens
             .inc_by(u64::from(usage.prompt_tokens));
-        self.metrics.count_output_tokens(usage.completion_tokens);
+        self.metrics
+            .count_output_tokens(usage.completion_tokens, &self.qos);
         self.outcome = Some(reason.as_str());
+        self.stream.end(EndReason::Completed);
     }
 
-    pub fn fail(&mut self, outcome: &'static str) {
-        self.outcome = Some(outcome);
+    /// The request ended without finishing: `Failed` (engine), `Shutdown`
+    /// or `SlowConsumer`.
+    pub fn fail(&mut self, reason: EndReason) {
+        self.outcome = Some(match reason {
+            EndReason::Failed => "engine_error",
+            other => other.as_str(),
+        });
+        self.stream.end(reason);
+    }
+}
+
+/// Flag cohorts as `flag=cohort` pairs, for the log line.
+struct CohortList<'a>(&'a [(&'static str, Cohort)]);
+
+impl std::fmt::Display for CohortList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (flag, cohort)) in self.0.iter().enumerate() {
+            let separator = if i == 0 { "" } else { "," };
+            write!(f, "{separator}{flag}={}", cohort.as_str())?;
+        }
+        Ok(())
     }
 }
 
@@ -121,22 +155,43 @@ impl Drop for RequestObserver {
     fn drop(&mut self) {
         // A request dropped before it ended was abandoned by its client.
         let outcome = self.outcome.unwrap_or("cancelled");
-        let e2e = self.arrived_at.elapsed();
+        self.stream.end(EndReason::Disconnected);
+        let end = self.stream.end_reason().unwrap_or(EndReason::Disconnected);
+        let e2e = self.stream.arrived_at().elapsed();
         self.metrics.e2e_request_latency.observe(e2e.as_secs_f64());
-        self.metrics.count_finished(outcome);
-        let ttft_ms = self
+        self.metrics.count_finished(outcome, &self.qos);
+        let telemetry = *self.stream.telemetry();
+        if let Some(charge) = &mut self.token_charge {
+            // Without usage (client gone, engine error) the tokens written so
+            // far are what the request used.
+            let completion = u64::from(self.completion_tokens).max(telemetry.tokens);
+            charge.record_use(self.prompt_tokens as u64 + completion);
+        }
+        self.metrics
+            .streams
+            .blocked
+            .observe(telemetry.blocked.as_secs_f64());
+        let ttft_ms = telemetry
             .first_token_at
-            .map(|first| (first - self.arrived_at).as_millis());
+            .map(|first| (first - self.stream.arrived_at()).as_millis());
         tracing::info!(
-            id = %self.id,
-            tenant = %self.tenant,
+            id = %self.stream.request_id(),
+            tenant = %self.stream.tenant(),
+            protocol = self.stream.protocol().as_str(),
             endpoint = self.endpoint.as_str(),
+            cohorts = %CohortList(&self.cohorts),
             prompt_tokens = self.prompt_tokens,
             completion_tokens = self.completion_tokens,
+            tokens_written = telemetry.tokens,
+            bytes_written = telemetry.bytes,
+            blocked_ms = telemetry.blocked.as_millis(),
             ttft_ms,
+            gap_mean_ms = telemetry.gap_mean().map(|gap| gap.as_millis()),
+            gap_max_ms = telemetry.gap_max.as_millis(),
             queue_ms = self.queue_time.map(|queue| queue.as_millis()),
             e2e_ms = e2e.as_millis(),
             outcome,
+            end = end.as_str(),
             "request"
         );
     }

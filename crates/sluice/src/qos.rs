@@ -1,19 +1,22 @@
 //! Every `qos.evaluation_interval_ms`: end the telemetry window, evaluate it
-//! against the SLO targets, remember the knobs in force as known-good when
+//! against the SLO targets (globally and per tenant) and each flag's canary
+//! against its baseline, remember the knobs in force as known-good when
 //! nothing broke, and let the policy engine act. Every action is logged
 //! with its evidence, counted in `sluice:policy_actions_total` and listed on
 //! `/admin/state`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sluice_core::config::QosConfig;
 use sluice_core::flags::FlagsConfig;
-use sluice_core::policy::{Action, KnownGood, Outcome, PolicyEngine};
+use sluice_core::policy::{Action, Indicator, KnownGood, Outcome, PolicyEngine, Scope};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{Alert, Evidence};
 use crate::server::AppState;
 
 /// Most past actions kept for `/admin/state`.
@@ -25,6 +28,8 @@ struct Knobs {
     flags: FlagsConfig,
     http2: bool,
     limit: u32,
+    /// Each tenant's concurrency cap (`throttle_tenant` lowers them).
+    tenant_caps: BTreeMap<String, u32>,
 }
 
 /// One thing the policy engine did (or refused to do), with its evidence.
@@ -50,7 +55,7 @@ impl PolicyLog {
     }
 
     pub fn breaker_open(&self) -> bool {
-        self.breaker_open.load(std::sync::atomic::Ordering::Relaxed)
+        self.breaker_open.load(Ordering::Relaxed)
     }
 
     fn push(&self, record: ActionRecord) {
@@ -81,6 +86,7 @@ pub async fn run(
     let mut known_good = KnownGood::new();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut window_start = Instant::now();
+    let mut knobs_at_start = knobs(&state);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -91,23 +97,40 @@ pub async fn run(
             .metrics
             .take_qos_window((now - window_start).as_secs_f64());
         window_start = now;
-        let indicators = window.indicators();
-        let breaches = config.slo.breaches(&indicators);
-        for (indicator, value, target) in &breaches {
-            tracing::warn!(?indicator, value, target, "SLO breached");
+        let window_seconds = window.global.seconds;
+        let indicators = window.indicators(config.canary_min_samples);
+        let breaches = config.breaches(&indicators);
+        for breach in &breaches {
+            tracing::warn!(
+                scope = %breach.scope,
+                indicator = ?breach.indicator,
+                value = breach.value,
+                target = breach.target,
+                "SLO breached"
+            );
+            state.alerter.notify(Alert::slo_breach(evidence(
+                &breach.scope,
+                breach.indicator,
+                breach.value,
+                breach.target,
+                window_seconds,
+            )));
         }
-        known_good.observe(&knobs(&state), !breaches.is_empty());
+        let knobs_at_end = knobs(&state);
+        known_good.observe(&knobs_at_start, &knobs_at_end, !breaches.is_empty());
         for outcome in policy.evaluate(now, &indicators) {
             let at_seconds = (now - started).as_secs_f64();
             match outcome {
                 Outcome::Act {
                     rule,
                     action,
+                    scope,
                     indicator,
                     value,
                     threshold,
                 } => {
-                    let evidence = format!("{indicator:?} = {value:.3} vs threshold {threshold}");
+                    let summary =
+                        format!("{indicator:?} = {value:.3} vs threshold {threshold} ({scope})");
                     let applied = apply(
                         &state,
                         &action,
@@ -115,7 +138,13 @@ pub async fn run(
                         min_limit,
                         max_limit,
                     );
-                    tracing::warn!(%rule, action = action.name(), %evidence, %applied, "policy action");
+                    tracing::warn!(%rule, action = action.name(), evidence = %summary, %applied, "policy action");
+                    state.alerter.notify(Alert::policy_action(
+                        &rule,
+                        action.name(),
+                        &applied,
+                        evidence(&scope, indicator, value, threshold, window_seconds),
+                    ));
                     state
                         .metrics
                         .policy_actions
@@ -128,7 +157,7 @@ pub async fn run(
                         at_seconds,
                         rule,
                         action: action.name().to_owned(),
-                        evidence: format!("{evidence}; {applied}"),
+                        evidence: format!("{summary}; {applied}"),
                     });
                 }
                 Outcome::Suppressed { rule, reason } => {
@@ -140,6 +169,9 @@ pub async fn run(
                         action = action.name(),
                         "policy breaker opened: actions kept undoing each other; alerting instead"
                     );
+                    state
+                        .alerter
+                        .notify(Alert::breaker_open(&rule, action.name()));
                     state.policy_log.push(ActionRecord {
                         at_seconds,
                         rule,
@@ -149,10 +181,25 @@ pub async fn run(
                 }
             }
         }
+        knobs_at_start = knobs(&state);
         state
             .policy_log
             .breaker_open
-            .store(policy.breaker_open(), std::sync::atomic::Ordering::Relaxed);
+            .store(policy.breaker_open(), Ordering::Relaxed);
+    }
+}
+
+/// An alert's evidence for an indicator of any scope.
+fn evidence(
+    scope: &Scope,
+    indicator: Indicator,
+    value: f64,
+    threshold: f64,
+    window_seconds: f64,
+) -> Evidence {
+    Evidence {
+        scope: scope.to_string(),
+        ..Evidence::global(indicator, value, threshold, window_seconds)
     }
 }
 
@@ -160,7 +207,8 @@ fn knobs(state: &AppState) -> Knobs {
     Knobs {
         flags: (*state.flags.snapshot()).clone(),
         http2: state.protocol.http2_enabled(),
-        limit: state.admission.snapshot().limit,
+        limit: state.limit_bound.load(Ordering::Relaxed),
+        tenant_caps: state.admission.tenant_caps(),
     }
 }
 
@@ -172,17 +220,19 @@ fn apply(
     min_limit: u32,
     max_limit: u32,
 ) -> String {
-    let limit = state.admission.snapshot().limit;
+    // The policy moves the bound; the governor brings the admission limit
+    // under it at its next tick.
+    let limit = state.limit_bound.load(Ordering::Relaxed);
     match action {
         Action::TightenLimit { streams } => {
             let next = limit.saturating_sub(*streams).max(min_limit);
-            state.admission.set_limit(next);
-            format!("limit {limit} -> {next}")
+            state.limit_bound.store(next, Ordering::Relaxed);
+            format!("limit bound {limit} -> {next}")
         }
         Action::RelaxLimit { streams } => {
             let next = limit.saturating_add(*streams).min(max_limit);
-            state.admission.set_limit(next);
-            format!("limit {limit} -> {next}")
+            state.limit_bound.store(next, Ordering::Relaxed);
+            format!("limit bound {limit} -> {next}")
         }
         Action::DisableFlag { flag } => {
             let mut flags = (*state.flags.snapshot()).clone();
@@ -199,17 +249,52 @@ fn apply(
             state.protocol.set_http2(false);
             "new connections get HTTP/1.1".to_owned()
         }
+        Action::ThrottleTenant {
+            tenant,
+            max_concurrent,
+        } => {
+            let current = state
+                .admission
+                .tenant_caps()
+                .get(tenant)
+                .copied()
+                .unwrap_or(u32::MAX);
+            // Throttling never loosens a tighter cap already in force.
+            let next = current.min(*max_concurrent);
+            state.admission.set_tenant_cap(tenant, next);
+            format!(
+                "tenant {tenant} max_concurrent {} -> {next}",
+                cap_text(current)
+            )
+        }
         Action::Rollback => match last_good {
             Some(good) => {
                 state.flags.replace(good.flags.clone());
                 state.protocol.set_http2(good.http2);
-                state.admission.set_limit(good.limit);
+                state.limit_bound.store(good.limit, Ordering::Relaxed);
+                state.admission.set_tenant_caps(&good.tenant_caps);
+                let caps: Vec<String> = good
+                    .tenant_caps
+                    .iter()
+                    .map(|(tenant, cap)| format!("{tenant} {}", cap_text(*cap)))
+                    .collect();
                 format!(
-                    "rolled back to the last known-good flags, http2 = {}, limit = {}",
-                    good.http2, good.limit
+                    "rolled back to the last known-good flags, http2 = {}, limit bound = {}, \
+                     tenant caps [{}]",
+                    good.http2,
+                    good.limit,
+                    caps.join(", ")
                 )
             }
             None => "no known-good config yet: nothing done".to_owned(),
         },
+    }
+}
+
+fn cap_text(cap: u32) -> String {
+    if cap == u32::MAX {
+        "unlimited".to_owned()
+    } else {
+        cap.to_string()
     }
 }

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use serde_json::json;
-use sluice_core::admission::{Permit, Rejection};
+use sluice_core::admission::Rejection;
 use sluice_core::hints;
+use sluice_core::registry::{EndReason, NewStream, Protocol, Stage, StreamHandle};
 use sluice_core::speculation::{CachedOpening, OpeningCache};
 use sluice_engine::{
     EngineError, EngineStatus, EngineTimings, FinishReason, GenerationRequest, GenerationStream,
@@ -41,36 +42,78 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    version: Version,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    respond(&state, Endpoint::Chat, &headers, body).await
+    respond(&state, Endpoint::Chat, version, &headers, body).await
 }
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    version: Version,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    respond(&state, Endpoint::Completion, &headers, body).await
+    respond(&state, Endpoint::Completion, version, &headers, body).await
 }
 
 async fn respond(
     state: &Arc<AppState>,
     endpoint: Endpoint,
+    version: Version,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrived_at = Instant::now();
     let tenant = state.tenant(headers)?;
     let body = body_bytes(body, state.limits.max_body_bytes)?;
-    let prepared = prepare(state, endpoint, tenant, &body, arrived_at).await?;
-    let started = start(state, prepared).await?;
+    let protocol = if version == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let mut stream = register_stream(state, endpoint, tenant, protocol, arrived_at);
+    let prepared = prepare_stream(state, endpoint, &mut stream, &body).await?;
+    let started = start(state, prepared, stream).await?;
     if started.stream {
         Ok(sse_response(state, started))
     } else {
         collect_response(state, started).await
     }
+}
+
+/// Registers a stream at its arrival: from here on the registry accounts
+/// for it, however it ends.
+pub fn register_stream(
+    state: &AppState,
+    endpoint: Endpoint,
+    tenant: String,
+    protocol: Protocol,
+    arrived_at: Instant,
+) -> StreamHandle {
+    state.streams.register(NewStream {
+        request_id: format!("{}{}", endpoint.id_prefix(), state.next_request_id()),
+        tenant,
+        protocol,
+        arrived_at,
+    })
+}
+
+/// [`prepare`] for a registered stream; an invalid request ends it as
+/// rejected.
+pub async fn prepare_stream(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    stream: &mut StreamHandle,
+    body: &[u8],
+) -> Result<Prepared, ApiError> {
+    let tenant = stream.tenant().to_owned();
+    let prepared = prepare(state, endpoint, tenant, body, stream.arrived_at()).await;
+    if prepared.is_err() {
+        stream.end(EndReason::Rejected);
+    }
+    prepared
 }
 
 /// A request parsed, validated and tokenized: ready for admission.
@@ -172,7 +215,31 @@ pub struct Started {
 /// deterministic request whose opening is cached (first-token speculation)
 /// gets it at once; the engine continues from the prompt plus that opening,
 /// or is not needed at all when the opening is the whole answer.
-pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started, ApiError> {
+pub async fn start(
+    state: &Arc<AppState>,
+    prepared: Prepared,
+    stream: StreamHandle,
+) -> Result<Started, ApiError> {
+    let mut stream = Some(stream);
+    let started = admit_and_submit(state, prepared, &mut stream).await;
+    // Turned away (too long, over its rate or capacity, engine full), unless
+    // the failure ended it otherwise already (timed out, engine failed).
+    if started.is_err()
+        && let Some(stream) = &mut stream
+    {
+        stream.end(EndReason::Rejected);
+    }
+    started
+}
+
+/// `start`'s work. The stream moves to the generation driver only once
+/// nothing can fail any more, so `start` holds it on every error.
+async fn admit_and_submit(
+    state: &Arc<AppState>,
+    prepared: Prepared,
+    stream: &mut Option<StreamHandle>,
+) -> Result<Started, ApiError> {
+    let handle = stream.as_mut().expect("start passes its stream");
     let Prepared {
         endpoint,
         prompt,
@@ -196,29 +263,53 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
         .max_tokens
         .map_or(room, |requested| requested.min(room));
     let prompt_tokens = prompt.len();
+    // Charged before queueing, so a tenant over its rate is answered at once
+    // and holds no queue place. The charge is prompt plus max_tokens, the
+    // most the request can use: with a guess instead, concurrent requests
+    // could all pass against the same tokens and overshoot the rate. What
+    // the answer leaves unused comes back when it ends (`TokenCharge`).
+    let token_charge = state
+        .admission
+        .charge_tokens(&tenant, prompt_tokens as u64 + u64::from(max_tokens))
+        .map_err(|rejection| admission_error(state, &tenant, rejection))?;
     // One snapshot for all of this request's flag decisions.
     let flags = state.flags.snapshot();
     let prefix_cache = flags.prefix_cache.decide("prefix_cache", &tenant);
-    let speculate = flags
+    let speculation_flag = flags
         .first_token_speculation
-        .decide("first_token_speculation", &tenant)
-        .on;
-    let kv_prep = flags.kv_prep.decide("kv_prep", &tenant).on;
+        .decide("first_token_speculation", &tenant);
+    let kv_prep_flag = flags.kv_prep.decide("kv_prep", &tenant);
+    let canaries = [
+        ("prefix_cache", &flags.prefix_cache, prefix_cache),
+        ("kv_prep", &flags.kv_prep, kv_prep_flag),
+        (
+            "first_token_speculation",
+            &flags.first_token_speculation,
+            speculation_flag,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, flag, _)| flag.splits_traffic())
+    .map(|(name, _, decision)| (name, decision.cohort))
+    .collect();
+    let speculate = speculation_flag.on;
+    let kv_prep = kv_prep_flag.on;
     let speculation = Speculation::plan(state, speculate, &prompt, &params, max_tokens, limit);
     let queued_at = Instant::now();
-    let (permit, prep) = if speculation.serves_whole_answer() {
-        (None, None)
+    let prep = if speculation.serves_whole_answer() {
+        None
     } else {
         // The engine may prefill the prompt while it waits in the queue;
         // dropping the handle (client gone, rejected) frees that KV.
         let prep = (kv_prep && prefix_cache.on && would_queue(state))
             .then(|| state.engine.prepare(prompt.clone()));
-        let permit = state
-            .admission
-            .acquire(&tenant)
+        // The permit moves into the stream's record, so the stream's end
+        // releases it, whatever the end is.
+        handle
+            .admit(&state.admission)
             .await
             .map_err(|rejection| admission_error(state, &tenant, rejection))?;
-        (Some(permit), prep)
+        prep
     };
     let admitted_at = Instant::now();
     let queue_time = admitted_at - queued_at;
@@ -241,26 +332,36 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
                             ignore_eos: params.ignore_eos,
                             arrived_at: params.arrived_at,
                             use_prefix_cache: prefix_cache.on,
-                            tenant: tenant.clone(),
+                            tenant,
                         },
                         prep,
                     )
-                    .map_err(engine_error)?,
+                    .map_err(|err| {
+                        // A full engine turns the request away; anything
+                        // else is the engine failing it.
+                        if !matches!(err, EngineError::QueueFull { .. }) {
+                            handle.end(EndReason::Failed);
+                        }
+                        engine_error(err)
+                    })?,
             )
         }
     };
-    let id = format!("{}{}", endpoint.id_prefix(), state.next_request_id());
+    if generation.is_some() {
+        handle.advance(Stage::Prefilling);
+    }
+    let stream = stream.take().expect("start passes its stream");
+    let id = stream.request_id().to_owned();
     let observer = RequestObserver::new(
         Arc::clone(&state.metrics),
         Arc::clone(&state.latency),
+        stream,
         RequestInfo {
-            id: id.clone(),
-            tenant,
             endpoint,
-            arrived_at: params.arrived_at,
-            admitted_at,
             prompt_tokens,
             cohorts: vec![("prefix_cache", prefix_cache.cohort)],
+            canaries,
+            token_charge,
         },
     );
     Ok(Started {
@@ -279,7 +380,6 @@ pub async fn start(state: &Arc<AppState>, prepared: Prepared) -> Result<Started,
             opening: speculation.into_opening(state, prompt_tokens as u32),
             observer,
             state: Arc::clone(state),
-            _permit: permit,
             done: false,
         },
     })
@@ -430,7 +530,8 @@ fn speculation_key(prompt: &[i32], params: &ValidatedParams) -> Vec<u8> {
 /// opening for the requests after it.
 #[derive(Default)]
 struct OpeningState {
-    pending: VecDeque<String>,
+    /// Text pieces and how many tokens each holds.
+    pending: VecDeque<(String, u32)>,
     /// Tokens served from the cache: the engine counts them as prompt.
     served_tokens: u32,
     /// The request's own prompt length, for the usage it is shown.
@@ -454,7 +555,11 @@ impl OpeningState {
             .speculation_tokens
             .inc_by(u64::from(served_tokens));
         Self {
-            pending: opening.pieces.into_iter().map(|(text, _)| text).collect(),
+            pending: opening
+                .pieces
+                .into_iter()
+                .map(|(text, ids)| (text, ids.len() as u32))
+                .collect(),
             served_tokens,
             prompt_tokens,
             whole,
@@ -538,12 +643,27 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
                 retry_after,
             ),
         ),
+        Rejection::TokenRateExceeded {
+            tokens_per_minute, ..
+        } => (
+            "tenant_tokens_per_minute",
+            ApiError::too_many_requests(
+                "rate_limit_exceeded",
+                "tenant_tokens_per_minute",
+                format!(
+                    "Tenant '{tenant}' is over its limit of {tokens_per_minute} tokens per minute \
+                     (each request reserves its prompt plus max_tokens); retry after the \
+                     Retry-After delay."
+                ),
+                retry_after,
+            ),
+        ),
         Rejection::Closed => (
             "draining",
             ApiError::unavailable("The server is shutting down."),
         ),
     };
-    state.metrics.count_rejected(reason);
+    state.metrics.count_rejected(reason, tenant);
     error
 }
 
@@ -571,15 +691,16 @@ pub enum Chunk {
 
 /// Pulls a generation's events, accounts for them and ends however the
 /// generation ends (finish, engine error, server shutdown). Owns the
-/// admission permit: dropping the driver (client gone, stream cancelled)
-/// releases it and drops the engine stream, which frees the sequence.
+/// stream's handle (in its observer), which holds the admission permit:
+/// dropping the driver (client gone, stream cancelled) ends the stream,
+/// releasing the permit, and drops the engine stream, which frees the
+/// sequence.
 struct GenerationDriver {
     /// None when the opening cache serves the whole answer.
     generation: Option<GenerationStream>,
     opening: OpeningState,
     observer: RequestObserver,
     state: Arc<AppState>,
-    _permit: Option<Permit>,
     done: bool,
 }
 
@@ -593,9 +714,9 @@ impl GenerationDriver {
         let generation = self.generation.as_mut()?;
         let event = tokio::select! {
             event = generation.next() => event,
-            () = self.state.streams_cancelled() => {
+            () = self.state.streams.closed() => {
                 self.done = true;
-                self.observer.fail("shutdown");
+                self.observer.fail(EndReason::Shutdown);
                 return Some(Chunk::Error(ApiError::unavailable("The server is shutting down.")));
             }
         };
@@ -617,8 +738,8 @@ impl GenerationDriver {
         if self.done {
             return Some(None);
         }
-        if let Some(text) = self.opening.pending.pop_front() {
-            self.observer.token_written(Instant::now());
+        if let Some((text, tokens)) = self.opening.pending.pop_front() {
+            self.observer.token_written(Instant::now(), tokens);
             return Some(Some(Chunk::Text(text)));
         }
         if self.generation.is_some() {
@@ -635,7 +756,8 @@ impl GenerationDriver {
     fn chunk(&mut self, event: Option<StreamEvent>) -> Chunk {
         match event {
             Some(StreamEvent::Token { text, token_ids }) => {
-                self.observer.token_written(Instant::now());
+                self.observer
+                    .token_written(Instant::now(), token_ids.len() as u32);
                 let long_enough = self
                     .opening
                     .recorder
@@ -664,17 +786,32 @@ impl GenerationDriver {
             }
             Some(StreamEvent::Error { message }) => {
                 self.done = true;
-                self.observer.fail("engine_error");
+                self.observer.fail(EndReason::Failed);
                 Chunk::Error(ApiError::internal(message))
+            }
+            Some(StreamEvent::SlowConsumer { limit }) => {
+                self.done = true;
+                self.observer.fail(EndReason::SlowConsumer);
+                Chunk::Error(ApiError::slow_consumer(limit))
             }
             None => {
                 self.done = true;
-                self.observer.fail("engine_error");
+                self.observer.fail(EndReason::Failed);
                 Chunk::Error(ApiError::internal(
                     "The engine ended the stream unexpectedly.",
                 ))
             }
         }
+    }
+
+    /// `bytes` reached the transport.
+    fn wrote(&mut self, bytes: usize) {
+        self.observer.stream().bytes_written(bytes);
+    }
+
+    /// The writer waited `waited` for the client to take what it wrote.
+    fn blocked(&mut self, waited: Duration) {
+        self.observer.stream().blocked(waited);
     }
 }
 
@@ -694,6 +831,16 @@ impl ChunkSource {
     pub async fn next(&mut self) -> Option<Chunk> {
         self.0.next().await
     }
+
+    /// `bytes` were handed to the socket's queue.
+    pub fn wrote(&mut self, bytes: usize) {
+        self.0.wrote(bytes);
+    }
+
+    /// The stream waited `waited` for room in the socket's queue.
+    pub fn blocked(&mut self, waited: Duration) {
+        self.0.blocked(waited);
+    }
 }
 
 impl Started {
@@ -712,6 +859,10 @@ struct SseWriter {
     buffer: BytesMut,
     keepalive: Duration,
     opened: bool,
+    /// When the last frame went to the transport. The transport asks for
+    /// the next frame once it has room, so the time until then is time the
+    /// client held the stream up.
+    handed_over_at: Option<Instant>,
 }
 
 /// Room reserved per write; a frame rarely exceeds it, and reserving the
@@ -721,6 +872,16 @@ const FRAME_RESERVE: usize = 4096;
 
 impl SseWriter {
     async fn next_frame(&mut self) -> Option<Bytes> {
+        if let Some(handed_over_at) = self.handed_over_at.take() {
+            self.driver.blocked(handed_over_at.elapsed());
+        }
+        let frame = self.frame().await?;
+        self.driver.wrote(frame.len());
+        self.handed_over_at = Some(Instant::now());
+        Some(frame)
+    }
+
+    async fn frame(&mut self) -> Option<Bytes> {
         self.buffer.reserve(FRAME_RESERVE);
         if !self.opened {
             self.opened = true;
@@ -761,6 +922,7 @@ fn sse_response(state: &Arc<AppState>, started: Started) -> Response {
         buffer: BytesMut::with_capacity(FRAME_RESERVE),
         keepalive: Duration::from_millis(state.limits.sse_keepalive_ms.max(1)),
         opened: false,
+        handed_over_at: None,
     };
     let body = futures::stream::unfold(writer, |mut writer| async move {
         writer
@@ -836,7 +998,10 @@ async fn collect_response(state: &Arc<AppState>, started: Started) -> Result<Res
                     (SERVER_TIMING, timing),
                     (PREFIX_HINT, format!("{prefix_hint:016x}")),
                 ];
-                return Ok((headers, axum::Json(body)).into_response());
+                let body = serde_json::to_vec(&body).expect("JSON values serialize");
+                driver.wrote(body.len());
+                let content_type = [(header::CONTENT_TYPE, "application/json")];
+                return Ok((content_type, headers, body).into_response());
             }
             Some(Chunk::Error(error)) => return Err(error),
             None => {
@@ -891,9 +1056,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state
-            .metrics
-            .render(state.engine.stats(), state.admission.snapshot().queued),
+        state.metrics.render(
+            state.engine.stats(),
+            state.admission.snapshot().queued,
+            &state.streams.counts(),
+        ),
     )
         .into_response()
 }

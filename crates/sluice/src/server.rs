@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,12 +16,15 @@ use axum::routing::{any, get, post, put};
 use sluice_core::admission::{Admission, AdmissionLimits, TenantPolicy};
 use sluice_core::config::{Http2Config, RuntimeConfig, ServerConfig};
 use sluice_core::flags::Flags;
+use sluice_core::governor::Governor;
+use sluice_core::registry::StreamRegistry;
 use sluice_core::speculation::OpeningCache;
 use sluice_engine::{EngineHandle, EngineOptions, LoadedModel};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::Alerter;
 use crate::api::error::ApiError;
 use crate::governor::{self, LatencyWindows};
 use crate::metrics::Metrics;
@@ -30,8 +33,7 @@ use crate::routes;
 use crate::transport::{self, ProtocolMode, TlsAcceptors};
 use crate::{admin, ws};
 
-/// Requests without a known API key belong to this tenant.
-pub const DEFAULT_TENANT: &str = "default";
+pub use sluice_core::admission::DEFAULT_TENANT;
 
 pub struct AppState {
     pub engine: EngineHandle,
@@ -40,19 +42,25 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub admission: Arc<Admission>,
     pub latency: Arc<LatencyWindows>,
+    /// The policy engine's bound on the admission limit; the governor keeps
+    /// the limit at or under it.
+    pub limit_bound: AtomicU32,
     /// Whether new connections are offered HTTP/2.
     pub protocol: Arc<ProtocolMode>,
     pub flags: Flags,
     /// What the QoS policy engine has done.
     pub policy_log: PolicyLog,
+    /// Logs and sends SLO breaches and policy actions.
+    pub alerter: Alerter,
     /// First-token speculation's cached openings.
     pub speculation: std::sync::Mutex<OpeningCache>,
     /// API key → tenant name.
     tenants_by_key: HashMap<String, String>,
     pub started_at_unix: u64,
     draining: AtomicBool,
-    /// Fired when the shutdown grace period ends: open streams end then.
-    cancel_streams: CancellationToken,
+    /// Every live stream; closed when the shutdown grace period ends,
+    /// which ends the streams still open.
+    pub streams: Arc<StreamRegistry>,
     request_counter: AtomicU64,
     request_id_salt: u64,
 }
@@ -96,10 +104,6 @@ impl AppState {
         }
     }
 
-    pub async fn streams_cancelled(&self) {
-        self.cancel_streams.cancelled().await;
-    }
-
     /// Unique, hard-to-guess request ids without a random-number crate.
     pub fn next_request_id(&self) -> String {
         let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
@@ -115,8 +119,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         // `any`: WebSockets over HTTP/2 (RFC 8441) arrive as CONNECT.
         .route("/v1/ws", any(ws::upgrade))
         .route("/admin/state", get(admin::state))
+        .route("/admin/streams", get(admin::streams))
         .route("/admin/protocol", put(admin::set_protocol))
         .route("/admin/flags/{name}", put(admin::set_flag))
+        .route("/admin/fault/stall", post(admin::inject_stall))
         .route("/v1/models", get(routes::models))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
@@ -139,10 +145,16 @@ impl RunningServer {
     /// serving at once; the model loads in the background (`/health` says 503
     /// until it is ready).
     pub async fn start(config: &RuntimeConfig, chat_template: Option<String>) -> io::Result<Self> {
+        let mut engine_config = config.engine.clone();
+        if !config.governor.adapt_step_budget {
+            // A fixed budget: size the llama.cpp batch for it, not for a
+            // ceiling nothing will raise it to.
+            engine_config.max_step_token_budget = engine_config.step_token_budget;
+        }
         let engine = EngineHandle::spawn(EngineOptions {
             model_path: config.model.path.clone(),
             chat_template,
-            config: config.engine.clone(),
+            config: engine_config,
         });
         let tls = config
             .server
@@ -160,6 +172,7 @@ impl RunningServer {
                 let policy = TenantPolicy {
                     weight: tenant.weight,
                     max_concurrent: tenant.max_concurrent.unwrap_or(u32::MAX),
+                    tokens_per_minute: tenant.tokens_per_minute,
                 };
                 (tenant.name.clone(), policy)
             })
@@ -186,7 +199,14 @@ impl RunningServer {
         let latency = Arc::new(LatencyWindows::new(Duration::from_millis(
             config.governor.window_ms,
         )));
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_tenants(
+            config
+                .admission
+                .tenants
+                .iter()
+                .map(|tenant| tenant.name.clone())
+                .collect(),
+        ));
         let state = Arc::new(AppState {
             engine,
             served_name: config.model.served_name(),
@@ -194,16 +214,18 @@ impl RunningServer {
             metrics: Arc::clone(&metrics),
             admission: Arc::clone(&admission),
             latency: Arc::clone(&latency),
+            limit_bound: AtomicU32::new(config.governor.max_streams),
             protocol: Arc::new(ProtocolMode::new(config.server.http2.enabled)),
             flags: Flags::new(config.flags.clone()),
             policy_log: PolicyLog::default(),
+            alerter: Alerter::start(&config.alerts, metrics.alerts.clone())?,
             speculation: std::sync::Mutex::new(OpeningCache::new(config.speculation.clone())),
             tenants_by_key,
             started_at_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs()),
             draining: AtomicBool::new(false),
-            cancel_streams: CancellationToken::new(),
+            streams: StreamRegistry::new(),
             request_counter: AtomicU64::new(0),
             request_id_salt: {
                 use std::hash::{BuildHasher, RandomState};
@@ -212,10 +234,13 @@ impl RunningServer {
         });
         let shutdown = CancellationToken::new();
         tokio::spawn(governor::run(
-            config.governor.clone(),
-            admission,
-            latency,
-            metrics,
+            Governor::new(
+                config.governor.clone(),
+                config.engine.step_token_budget,
+                config.engine.step_budget_ceiling(),
+            ),
+            Duration::from_millis(config.governor.tick_ms),
+            Arc::clone(&state),
             shutdown.clone(),
         ));
         tokio::spawn(qos::run(
@@ -257,6 +282,7 @@ impl RunningServer {
             ("engine", next.engine != previous.engine),
             ("governor", next.governor != previous.governor),
             ("admission", next.admission != previous.admission),
+            ("alerts", next.alerts != previous.alerts),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -304,7 +330,7 @@ async fn serve(
             stop_accepting.cancel();
             tokio::time::sleep(grace).await;
             tracing::warn!("grace period over: cancelling remaining streams");
-            state.cancel_streams.cancel();
+            state.streams.close();
         }
     };
     let drain = tokio::spawn(drain);

@@ -27,12 +27,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_core::registry::{EndReason, Protocol, StreamHandle};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::api::error::ApiError;
 use crate::api::sse::{ChunkFramer, Endpoint, Framing};
-use crate::routes::{self, Chunk};
+use crate::routes::{self, Chunk, ChunkSource};
 use crate::server::AppState;
 
 /// Messages waiting to be written to one socket. When the client reads
@@ -69,7 +71,8 @@ enum ClientMessage {
     },
 }
 
-/// A stream's internal key: ids may be reused after a stream ends, keys not.
+/// A stream's internal key, its id in the stream registry: client ids may
+/// be reused after a stream ends, keys not.
 type StreamKey = u64;
 
 /// The socket's running streams.
@@ -80,7 +83,6 @@ struct Streams {
     /// Cancelled streams whose messages may still sit in the outbound
     /// queue: they are dropped there, so nothing follows `cancelled`.
     cancelled: HashSet<StreamKey>,
-    next_key: StreamKey,
 }
 
 type Outbound = mpsc::Sender<(StreamKey, Message)>;
@@ -174,6 +176,9 @@ fn handle_text(
                     &ApiError::invalid("id", format!("No running stream has id '{id}'.")),
                 ));
             };
+            // Ended as the client's cancel before the abort drops it, which
+            // would count as a disconnect.
+            state.streams.end(key, EndReason::Cancelled);
             task.abort();
             streams.cancelled.insert(key);
             Some(text_message(format!(
@@ -230,14 +235,20 @@ fn handle_text(
                 ));
             }
             let body = serde_json::to_vec(&body).expect("JSON values serialize");
-            let key = streams.next_key;
-            streams.next_key += 1;
+            let registered = routes::register_stream(
+                state,
+                endpoint,
+                tenant.to_owned(),
+                Protocol::WebSocket,
+                Instant::now(),
+            );
+            let key = registered.id();
             let stream = run_stream(
                 Arc::clone(state),
-                tenant.to_owned(),
                 endpoint,
                 id.clone(),
                 body,
+                registered,
                 StreamSender {
                     key,
                     outbound: outbound.clone(),
@@ -253,17 +264,16 @@ fn handle_text(
 /// Runs one stream to its end, sending its messages; returns its id.
 async fn run_stream(
     state: Arc<AppState>,
-    tenant: String,
     endpoint: Endpoint,
     id: String,
     body: Vec<u8>,
+    mut stream: StreamHandle,
     outbound: StreamSender,
 ) -> String {
-    let arrived_at = Instant::now();
-    let started = match routes::prepare(&state, endpoint, tenant, &body, arrived_at).await {
+    let started = match routes::prepare_stream(&state, endpoint, &mut stream, &body).await {
         Ok(mut prepared) => {
             prepared.force_stream();
-            routes::start(&state, prepared).await
+            routes::start(&state, prepared, stream).await
         }
         Err(error) => Err(error),
     };
@@ -291,7 +301,7 @@ async fn run_stream(
     let mut chunks = started.into_chunks();
     let mut out = BytesMut::new();
     framer.role(&mut out);
-    let mut open = out.is_empty() || send(&outbound, &mut out).await;
+    let mut open = out.is_empty() || send(&outbound, &mut out, &mut chunks).await;
     while open {
         let Some(chunk) = chunks.next().await else {
             break;
@@ -299,22 +309,22 @@ async fn run_stream(
         open = match chunk {
             Chunk::Text(text) => {
                 framer.text(&text, &mut out);
-                send(&outbound, &mut out).await
+                send(&outbound, &mut out, &mut chunks).await
             }
             Chunk::Finish { reason, usage } => {
                 framer.finish_chunk(reason, &mut out);
                 if include_usage {
-                    send(&outbound, &mut out).await;
+                    send(&outbound, &mut out, &mut chunks).await;
                     framer.usage_chunk(usage, &mut out);
                 }
-                send(&outbound, &mut out).await;
+                send(&outbound, &mut out, &mut chunks).await;
                 framer.done(&mut out);
-                send(&outbound, &mut out).await;
+                send(&outbound, &mut out, &mut chunks).await;
                 false
             }
             Chunk::Error(error) => {
                 framer.error(&error, &mut out);
-                send(&outbound, &mut out).await;
+                send(&outbound, &mut out, &mut chunks).await;
                 false
             }
         };
@@ -329,18 +339,36 @@ struct StreamSender {
 }
 
 impl StreamSender {
-    /// False once the socket is gone.
-    async fn send_message(&self, message: Message) -> bool {
-        self.outbound.send((self.key, message)).await.is_ok()
+    /// Queues a message, waiting while the queue is full (the client reads
+    /// slowly). Returns how long it waited; `None` once the socket is gone.
+    async fn send_message(&self, message: Message) -> Option<Duration> {
+        match self.outbound.try_send((self.key, message)) {
+            Ok(()) => Some(Duration::ZERO),
+            Err(TrySendError::Closed(_)) => None,
+            Err(TrySendError::Full(queued)) => {
+                let waiting_since = Instant::now();
+                self.outbound.send(queued).await.ok()?;
+                Some(waiting_since.elapsed())
+            }
+        }
     }
 }
 
-/// Sends what `out` holds as one text message; false once the socket is gone.
-async fn send(outbound: &StreamSender, out: &mut BytesMut) -> bool {
+/// Sends what `out` holds as one text message, accounting it to the
+/// stream; false once the socket is gone.
+async fn send(outbound: &StreamSender, out: &mut BytesMut, chunks: &mut ChunkSource) -> bool {
+    let frame = out.split().freeze();
+    chunks.wrote(frame.len());
     // Frames are built from `str`s only, so the check always passes.
-    match Utf8Bytes::try_from(out.split().freeze()) {
-        Ok(text) => outbound.send_message(Message::Text(text)).await,
-        Err(_) => false,
+    let Ok(text) = Utf8Bytes::try_from(frame) else {
+        return false;
+    };
+    match outbound.send_message(Message::Text(text)).await {
+        Some(waited) => {
+            chunks.blocked(waited);
+            true
+        }
+        None => false,
     }
 }
 

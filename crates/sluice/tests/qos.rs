@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice::server::RunningServer;
-use sluice_core::policy::{Action, Comparison, Indicator, Rule};
+use sluice_core::policy::{Action, Comparison, Indicator, Rule, Scope};
 
 const ADMIN_KEY: &str = "qos-admin-key-0123456789";
 
@@ -23,6 +23,7 @@ async fn a_low_throughput_rule_switches_new_connections_to_http1() {
         Rule {
             name: "idle".into(),
             indicator: Indicator::OutputTokensPerSecond,
+            scope: Scope::Global,
             comparison: Comparison::Below,
             threshold: 1.0,
             sustained_windows: 2,
@@ -32,6 +33,7 @@ async fn a_low_throughput_rule_switches_new_connections_to_http1() {
         Rule {
             name: "slow-first-token".into(),
             indicator: Indicator::TtftP95Seconds,
+            scope: Scope::Global,
             comparison: Comparison::Above,
             threshold: 0.0,
             sustained_windows: 1,

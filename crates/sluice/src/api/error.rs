@@ -146,6 +146,22 @@ impl ApiError {
         }
     }
 
+    /// The client did not read a stream for `limit` (`engine.max_park_ms`),
+    /// so the server ended it; sent as the stream's last event.
+    pub fn slow_consumer(limit: std::time::Duration) -> Self {
+        Self {
+            code: Some("stream_not_read"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "slow_consumer",
+                format!(
+                    "The client did not read the stream for {} ms, so the server ended it; the rest of the response was dropped.",
+                    limit.as_millis()
+                ),
+            )
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
