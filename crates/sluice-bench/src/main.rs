@@ -589,6 +589,7 @@ async fn run_engine(args: EngineArgs) -> Result<(), String> {
                 arrived_at: started,
                 // engine.prefix_cache in the config decides.
                 use_prefix_cache: true,
+                on_slow_consumer: None,
                 tenant: "bench".to_owned(),
             };
             let mut stream = match engine.submit(request) {

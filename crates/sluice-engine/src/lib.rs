@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use detokenizer::Utf8Assembler;
 pub use model::LoadedModel;
 pub use request::{
-    EngineTimings, FinishReason, GenerationRequest, SamplingParams, StreamEvent, Usage,
+    EngineTimings, FinishReason, GenerationRequest, SamplingParams, SlowConsumerHook, StreamEvent,
+    Usage,
 };
 pub use stop::{StopMatcher, StopOutcome};
 pub use template::{ChatMessage, ChatTemplate, TemplateError};

@@ -1,5 +1,6 @@
 //! What callers hand the engine and what the engine streams back.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Per-request sampling, already validated by the API layer.
@@ -53,6 +54,21 @@ pub struct GenerationRequest {
     /// sequences in the engine, so one tenant's flood of prompts cannot
     /// hold back another tenant's first token.
     pub tenant: String,
+    /// Run on the engine thread when the engine ends the stream because its
+    /// client stopped reading (`engine.max_park_ms`). The stream's own
+    /// writer may never run again until the client reads, so whatever the
+    /// server holds for the stream (its admission permit) is released here.
+    pub on_slow_consumer: Option<SlowConsumerHook>,
+}
+
+/// See [`GenerationRequest::on_slow_consumer`].
+#[derive(Clone)]
+pub struct SlowConsumerHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for SlowConsumerHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlowConsumerHook")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

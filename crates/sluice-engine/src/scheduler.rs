@@ -6,9 +6,9 @@
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
@@ -24,7 +24,8 @@ use tokio::sync::oneshot;
 use crate::detokenizer::Utf8Assembler;
 use crate::model::{LoadedModel, backend};
 use crate::request::{
-    EngineTimings, FinishReason, GenerationRequest, SamplingParams, StreamEvent, Usage,
+    EngineTimings, FinishReason, GenerationRequest, SamplingParams, SlowConsumerHook, StreamEvent,
+    Usage,
 };
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{EngineError, EngineStats, PrepHandle};
@@ -130,14 +131,16 @@ struct Outbox {
     /// Set while events wait: when the client last made room (or, if it
     /// never did since, when the first event had to wait).
     stalled_since: Option<Instant>,
+    on_slow_consumer: Option<SlowConsumerHook>,
 }
 
 impl Outbox {
-    fn new(events: Sender<StreamEvent>) -> Self {
+    fn new(events: Sender<StreamEvent>, on_slow_consumer: Option<SlowConsumerHook>) -> Self {
         Self {
             events,
             undelivered: VecDeque::new(),
             stalled_since: None,
+            on_slow_consumer,
         }
     }
 
@@ -206,6 +209,9 @@ impl Outbox {
         self.stalled_since = None;
         // A client gone meanwhile needs no reason.
         let _ = self.events.try_send(StreamEvent::SlowConsumer { limit });
+        if let Some(hook) = self.on_slow_consumer.take() {
+            (hook.0)();
+        }
     }
 }
 
@@ -267,6 +273,41 @@ pub(crate) struct Scheduler {
     piece: Vec<u8>,
 }
 
+/// Held by the engine thread while it is inside llama.cpp. At process exit
+/// llama.cpp's static state (ggml's backend registry and buffers) is torn
+/// down by exit handlers; an engine thread still decoding then reads freed
+/// memory and the process dies with SIGSEGV instead of exiting. So an exit
+/// handler takes this gate and never gives it back: exit waits for the step
+/// in progress, and the engine thread never enters llama.cpp again.
+static EXIT_GATE: Mutex<()> = Mutex::new(());
+
+fn exit_gate() -> MutexGuard<'static, ()> {
+    EXIT_GATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+unsafe extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+}
+
+extern "C" fn close_exit_gate() {
+    std::mem::forget(exit_gate());
+}
+
+/// Registered once, after the model and context exist: exit handlers run in
+/// reverse order of registration, so this one runs before the teardown of
+/// any llama.cpp state created while loading.
+fn close_exit_gate_at_process_exit() {
+    static REGISTERED: Once = Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: `close_exit_gate` is a plain `extern "C" fn()` that only
+        // locks a static mutex; registering it has no other precondition.
+        let failed = unsafe { atexit(close_exit_gate) } != 0;
+        if failed {
+            tracing::warn!("could not register the engine's exit handler");
+        }
+    });
+}
+
 impl Scheduler {
     pub(crate) fn new(
         model: Arc<LoadedModel>,
@@ -321,7 +362,16 @@ impl Scheduler {
     }
 
     /// Runs until every handle is dropped and the remaining work is done.
+    /// Every step, and freeing the context at the end, happens inside the
+    /// exit gate (see [`exit_gate`]).
     pub(crate) fn run(mut self, commands: Receiver<Command>) {
+        close_exit_gate_at_process_exit();
+        self.run_steps(commands);
+        let _gate = exit_gate();
+        drop(self);
+    }
+
+    fn run_steps(&mut self, commands: Receiver<Command>) {
         let mut handles_alive = true;
         loop {
             if !self.has_work() {
@@ -346,7 +396,10 @@ impl Scheduler {
                     }
                 }
             }
-            let progressed = self.step();
+            let progressed = {
+                let _gate = exit_gate();
+                self.step()
+            };
             if !progressed && handles_alive && self.has_work() {
                 // Every stream is parked or draining: wait briefly for clients.
                 match commands.recv_timeout(PARKED_POLL) {
@@ -738,7 +791,7 @@ impl Scheduler {
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             pending_token_ids: Vec::new(),
-            outbox: Outbox::new(events),
+            outbox: Outbox::new(events, request.on_slow_consumer),
             arrived_at: request.arrived_at,
             admitted_at: Instant::now(),
             first_token_at: None,
@@ -1145,7 +1198,7 @@ mod tests {
     /// An outbox whose channel is sized as `EngineHandle::submit` sizes it.
     fn outbox() -> (Outbox, Receiver<StreamEvent>) {
         let (events, receiver) = mpsc::channel(BUFFER_EVENTS + LAST_EVENT_PLACES);
-        (Outbox::new(events), receiver)
+        (Outbox::new(events, None), receiver)
     }
 
     /// Fills the buffer, then parks one more token at `at`.

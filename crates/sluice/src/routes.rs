@@ -18,7 +18,7 @@ use sluice_core::registry::{EndReason, NewStream, Protocol, Stage, StreamHandle}
 use sluice_core::speculation::{CachedOpening, OpeningCache};
 use sluice_engine::{
     EngineError, EngineStatus, EngineTimings, FinishReason, GenerationRequest, GenerationStream,
-    StreamEvent, Usage,
+    SlowConsumerHook, StreamEvent, Usage,
 };
 
 use crate::api::error::ApiError;
@@ -232,6 +232,16 @@ pub async fn start(
     started
 }
 
+/// Ends the stream's record (releasing its admission permit) when the engine
+/// ends the stream for not being read: the SSE writer only runs when the
+/// client reads, which a stalled client does not.
+fn slow_consumer_hook(state: &Arc<AppState>, stream_id: u64) -> SlowConsumerHook {
+    let streams = Arc::clone(&state.streams);
+    SlowConsumerHook(Arc::new(move || {
+        streams.end(stream_id, EndReason::SlowConsumer);
+    }))
+}
+
 /// `start`'s work. The stream moves to the generation driver only once
 /// nothing can fail any more, so `start` holds it on every error.
 async fn admit_and_submit(
@@ -333,6 +343,7 @@ async fn admit_and_submit(
                             arrived_at: params.arrived_at,
                             use_prefix_cache: prefix_cache.on,
                             tenant,
+                            on_slow_consumer: Some(slow_consumer_hook(state, handle.id())),
                         },
                         prep,
                     )

@@ -31,6 +31,7 @@ async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
         ignore_eos: true,
         arrived_at: Instant::now(),
         use_prefix_cache: false,
+        on_slow_consumer: None,
         tenant: tenant.to_owned(),
     };
     let flood: Vec<_> = (0..8)

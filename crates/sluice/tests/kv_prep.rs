@@ -171,6 +171,7 @@ async fn preps_never_take_a_sequence_a_request_waits_for() {
         ignore_eos: true,
         arrived_at: Instant::now(),
         use_prefix_cache: true,
+        on_slow_consumer: None,
         tenant: "default".to_owned(),
     };
     // Both sequences run and a third request waits for one.

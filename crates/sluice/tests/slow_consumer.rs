@@ -130,6 +130,20 @@ async fn a_client_that_stops_reading_is_ended_with_an_error_and_its_sequence_fre
     })
     .await;
     assert_eq!(metric(&base, PARKED).await, 0.0);
+    // Its record ended and its admission permit came back while the client
+    // still has not read a byte: a stalled client holds no concurrency.
+    assert_eq!(
+        metric(
+            &base,
+            r#"sluice:streams_ended_total{reason="slow_consumer"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&base, r#"sluice:streams{state="streaming"}"#).await,
+        0.0
+    );
 
     let body = stalled.text().await.unwrap();
     let payloads = common::sse_payloads(&body);
