@@ -6,11 +6,12 @@ cd "$(dirname "$0")/../.."
 source benchmarks/lib.sh
 
 build_release
-OUT=$(result_dir fairness)
+OUT=$(result_dir "fairness${SUFFIX:-}")
 PORT=${PORT:-8386}
 URL="http://127.0.0.1:$PORT"
 LIGHT=(--api chat --concurrency 2 --requests 12 --prompt-words 60 --prompt-spread 10 --max-tokens 32 --temperature 0.7 --api-key sk-light)
-start_server "$PORT" "$OUT/fairness.server.log" --config benchmarks/governor/tenants.yaml
+CONFIG=${CONFIG:-benchmarks/governor/tenants.yaml}
+start_server "$PORT" "$OUT/fairness.server.log" --config "$CONFIG"
 "$BENCH" run --url "$URL" "${LIGHT[@]}" --name fairness-light-alone --out "$OUT"
 "$BENCH" run --url "$URL" --api chat --concurrency 48 --duration 120 --prompt-words 60 --prompt-spread 10 \
   --max-tokens 64 --temperature 0.7 --api-key sk-flood --name fairness-flood --out "$OUT" &
@@ -24,7 +25,7 @@ stop_server
   echo
   echo "- machine: $(machine_line)"
   echo "- commit: $(git rev-parse --short=12 HEAD)"
-  echo "- command: benchmarks/governor/fairness.sh"
+  echo "- command: CONFIG=$CONFIG benchmarks/governor/fairness.sh"
   echo
   benchmarks/summarize.py "$OUT/fairness-light-alone.json" "$OUT/fairness-light-beside-flood.json" "$OUT/fairness-flood.json"
 } >"$OUT/summary.md"

@@ -283,6 +283,8 @@ impl RunningServer {
             ("governor", next.governor != previous.governor),
             ("admission", next.admission != previous.admission),
             ("alerts", next.alerts != previous.alerts),
+            ("speculation", next.speculation != previous.speculation),
+            ("qos", next.qos != previous.qos),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
