@@ -3,23 +3,9 @@
 //! server sees them go, each record names its behaviour, and the server is
 //! back at rest afterwards.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-use serde_json::Value;
-use sluice::server::RunningServer;
 use sluice_bench::client::{HttpClient, Transport};
-use sluice_core::config::RuntimeConfig;
-
-fn model_path() -> PathBuf {
-    std::env::var_os("SLUICE_TEST_MODEL").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        },
-        PathBuf::from,
-    )
-}
 
 /// The server's count of requests whose client went away.
 async fn cancelled(url: &str) -> u64 {
@@ -35,49 +21,27 @@ async fn cancelled(url: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_clients_are_recorded_and_leave_the_server_at_rest() {
-    let mut config = RuntimeConfig::default();
-    config.server.port = 0;
-    config.model.path = model_path();
-    config.engine.max_sequences = 4;
-    config.engine.context_per_sequence = 256;
-    config.governor.max_streams = 4;
-    let server = RunningServer::start(&config, None).await.unwrap();
-    server.engine().wait_ready().await.unwrap();
-    let url = format!("http://{}", server.local_addr);
+    let (server, url) = common::start_server(4, 256).await;
     let out = std::env::temp_dir().join(format!("sluice-bench-chaos-{}", std::process::id()));
 
     // 32 tokens per stream, so a client that hangs up after at most 4
     // chunks always leaves the server mid-stream.
-    let bench = env!("CARGO_BIN_EXE_sluice-bench");
-    let args: Vec<String> = format!(
+    let stdout = common::run_bench(
+        format!(
         "run --url {url} --api completions --concurrency 4 --requests 12 --prompt-words 10 \
          --prompt-spread 2 --max-tokens 32 --ignore-eos --slow-reader-fraction 0.25 \
          --slow-reader-delay-ms 5 --disconnect-fraction 0.5 --disconnect-max-chunks 4 \
          --rest-gauges sluice:num_requests_running,sluice:num_requests_waiting,sluice:kv_tokens_in_use \
-         --rest-timeout 30 --name chaos --out"
+         --rest-timeout 30 --name chaos"),
+        &out,
     )
-    .split_whitespace()
-    .map(str::to_owned)
-    .collect();
-    let output = tokio::task::spawn_blocking({
-        let out = out.clone();
-        move || Command::new(bench).args(args).arg(&out).output().unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    .await;
     assert!(
         stdout.contains("normal streams ended unclean: 0 of"),
         "{stdout}"
     );
 
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("chaos.json")).unwrap()).unwrap();
+    let report = common::report(&out, "chaos");
     let mut disconnects = 0;
     for request in report["requests"].as_array().unwrap() {
         let behaviour = &request["behaviour"];

@@ -1,60 +1,25 @@
 //! Drives a real Sluice server (real model) with the sluice-bench binary and
 //! checks that the JSON report is complete and consistent.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-use serde_json::Value;
-use sluice::server::RunningServer;
-use sluice_core::config::RuntimeConfig;
-
-fn model_path() -> PathBuf {
-    std::env::var_os("SLUICE_TEST_MODEL").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        },
-        PathBuf::from,
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_run_writes_a_consistent_report() {
-    let mut config = RuntimeConfig::default();
-    config.server.port = 0;
-    config.model.path = model_path();
-    config.engine.max_sequences = 8;
-    config.engine.context_per_sequence = 512;
-    config.governor.max_streams = 8;
-    let server = RunningServer::start(&config, None).await.unwrap();
-    server.engine().wait_ready().await.unwrap();
-    let url = format!("http://{}", server.local_addr);
+    let (server, url) = common::start_server(8, 512).await;
     let out = std::env::temp_dir().join(format!("sluice-bench-e2e-{}", std::process::id()));
 
-    let bench = env!("CARGO_BIN_EXE_sluice-bench");
-    let args: Vec<String> = format!(
-        "run --url {url} --api chat --concurrency 3 --requests 6 --prompt-words 20 \
+    common::run_bench(
+        format!(
+            "run --url {url} --api chat --concurrency 3 --requests 6 --prompt-words 20 \
          --prompt-spread 5 --max-tokens 8 --slo ttft=60s --transport h2c --connections 2 \
-         --scrape-gauge sluice:governor_active_limit --name e2e --out"
+         --scrape-gauge sluice:governor_active_limit --name e2e"
+        ),
+        &out,
     )
-    .split_whitespace()
-    .map(str::to_owned)
-    .collect();
-    let output = tokio::task::spawn_blocking({
-        let out = out.clone();
-        move || Command::new(bench).args(args).arg(&out).output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    .await;
 
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("e2e.json")).unwrap()).unwrap();
+    let report = common::report(&out, "e2e");
     for field in [
         "command",
         "commit",
