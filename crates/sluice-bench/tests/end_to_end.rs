@@ -3,7 +3,6 @@
 
 mod common;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_run_writes_a_consistent_report() {
     let (server, url) = common::start_server(8, 512).await;

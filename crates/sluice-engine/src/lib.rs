@@ -60,9 +60,6 @@ pub struct EngineStats {
     pub generated_tokens_total: AtomicU64,
     pub finished_total: AtomicU64,
     pub cancelled_total: AtomicU64,
-    /// Streams ended because their client did not read for
-    /// `engine.max_park_ms` (parked or draining).
-    pub slow_consumer_ends_total: AtomicU64,
     /// Prefix cache: requests looked up and their prompt tokens.
     pub prefix_cache_queries_total: AtomicU64,
     pub prefix_cache_query_tokens_total: AtomicU64,

@@ -498,9 +498,6 @@ impl Scheduler {
                 max_park_ms = self.config.max_park_ms,
                 "ended streams whose clients stopped reading"
             );
-            self.stats
-                .slow_consumer_ends_total
-                .fetch_add(ended, Ordering::Relaxed);
         }
     }
 

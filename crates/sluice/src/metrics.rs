@@ -121,7 +121,6 @@ pub struct Metrics {
     kv_tokens_in_use: Gauge,
     engine_steps: Counter,
     engine_cancellations: Counter,
-    slow_consumer_ends: Counter,
     prefix_cache: PrefixCacheMetrics,
     kv_cached_tokens: Gauge,
     pub streams: StreamMetrics,
@@ -263,7 +262,6 @@ impl Metrics {
             kv_tokens_in_use: Gauge::default(),
             engine_steps: Counter::default(),
             engine_cancellations: Counter::default(),
-            slow_consumer_ends: Counter::default(),
             prefix_cache: PrefixCacheMetrics::default(),
             kv_cached_tokens: Gauge::default(),
             streams: StreamMetrics::default(),
@@ -375,11 +373,6 @@ impl Metrics {
             "sluice:engine_cancellations",
             "Sequences freed because their client went away",
             metrics.engine_cancellations.clone(),
-        );
-        registry.register(
-            "sluice:slow_consumer_ends",
-            "Streams ended because their client did not read for engine.max_park_ms",
-            metrics.slow_consumer_ends.clone(),
         );
         metrics.prefix_cache.register(&mut registry);
         metrics.streams.register(&mut registry);
@@ -549,10 +542,6 @@ impl Metrics {
         advance_to(
             &self.engine_cancellations,
             engine.cancelled_total.load(Ordering::Relaxed),
-        );
-        advance_to(
-            &self.slow_consumer_ends,
-            engine.slow_consumer_ends_total.load(Ordering::Relaxed),
         );
         self.prefix_cache.advance(engine);
         self.streams.advance(streams);

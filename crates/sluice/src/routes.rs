@@ -137,7 +137,7 @@ impl Prepared {
 
 /// Parses, validates and tokenizes a request body. Tokenizing runs on a
 /// blocking thread so neither the engine nor the async workers do it.
-pub async fn prepare(
+async fn prepare(
     state: &Arc<AppState>,
     endpoint: Endpoint,
     tenant: String,
