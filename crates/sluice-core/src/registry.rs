@@ -222,14 +222,9 @@ struct Record {
     arrived_at: Instant,
     state: AtomicU8,
     tokens: AtomicU64,
-    /// Taken only at admission and at the end, never per token.
-    held: Mutex<Held>,
-}
-
-#[derive(Default)]
-struct Held {
-    permit: Option<Permit>,
-    ended_at: Option<Instant>,
+    /// The admission permit, once admitted. Locked only at admission and
+    /// at the end, never per token.
+    permit: Mutex<Option<Permit>>,
 }
 
 impl Record {
@@ -237,8 +232,8 @@ impl Record {
         StreamState::decode(self.state.load(Ordering::Acquire))
     }
 
-    fn held(&self) -> MutexGuard<'_, Held> {
-        self.held
+    fn permit(&self) -> MutexGuard<'_, Option<Permit>> {
+        self.permit
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -282,10 +277,7 @@ impl StreamRegistry {
             arrived_at: stream.arrived_at,
             state: AtomicU8::new(state.encode()),
             tokens: AtomicU64::new(0),
-            held: Mutex::new(Held {
-                permit: None,
-                ended_at: closed.then(Instant::now),
-            }),
+            permit: Mutex::new(None),
         });
         if closed {
             self.ended[EndReason::Shutdown as usize].fetch_add(1, Ordering::Relaxed);
@@ -411,11 +403,7 @@ impl StreamRegistry {
         self.live[usize::from(current)].fetch_sub(1, Ordering::Relaxed);
         self.ended[reason as usize].fetch_add(1, Ordering::Relaxed);
         self.records().by_id.remove(&record.id);
-        let permit = {
-            let mut held = record.held();
-            held.ended_at = Some(Instant::now());
-            held.permit.take()
-        };
+        let permit = record.permit().take();
         // Released outside the lock: admission may hand it on at once.
         drop(permit);
         true
@@ -505,10 +493,6 @@ impl StreamHandle {
         self.record.arrived_at
     }
 
-    pub fn ended_at(&self) -> Option<Instant> {
-        self.record.held().ended_at
-    }
-
     pub fn telemetry(&self) -> &StreamTelemetry {
         &self.telemetry
     }
@@ -575,13 +559,13 @@ impl StreamHandle {
     /// Moves the permit in; false (and the permit released) when the stream
     /// has ended meanwhile.
     fn admitted(&mut self, permit: Permit) -> bool {
-        self.record.held().permit = Some(permit);
+        *self.record.permit() = Some(permit);
         if self.advance(Stage::Admitted) {
             return true;
         }
         // The end came first and may have found no permit to release: the
         // end's state change precedes its lock, so one of the two sees it.
-        let late = self.record.held().permit.take();
+        let late = self.record.permit().take();
         drop(late);
         false
     }
@@ -685,7 +669,6 @@ mod tests {
         assert_eq!(counts.active(), 0);
         assert_eq!(counts.ended_with(EndReason::Completed), 1);
         assert_eq!(counts.ended_with(EndReason::Failed), 0);
-        assert!(stream.ended_at().is_some());
         drop(stream);
         assert_eq!(registry.counts().ended.iter().sum::<u64>(), 1);
     }
