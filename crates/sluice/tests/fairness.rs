@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use sluice_engine::{EngineHandle, EngineOptions, GenerationRequest, SamplingParams, StreamEvent};
@@ -69,11 +68,4 @@ async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
         before_light <= 1,
         "{before_light} of 8 flood streams got their first token before the light tenant"
     );
-    // The flood's streams are dropped mid-prefill: let the engine free them
-    // before the process exits, or llama.cpp's teardown races its decode.
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while engine.stats().running.load(Ordering::Relaxed) > 0 {
-        assert!(Instant::now() < deadline, "the engine never went idle");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
