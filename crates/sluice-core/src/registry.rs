@@ -547,11 +547,17 @@ impl StreamHandle {
                 }
             }
             Err(rejection) => {
-                self.end(match rejection {
+                let ended_by_rejection = self.end(match rejection {
                     Rejection::WaitTimedOut { .. } => EndReason::TimedOut,
                     _ => EndReason::Rejected,
                 });
-                Err(rejection)
+                // An end while it waited (a cancel does not wake the waiter)
+                // came first and stands.
+                if ended_by_rejection {
+                    Err(rejection)
+                } else {
+                    Err(Rejection::Closed)
+                }
             }
         }
     }
@@ -800,6 +806,35 @@ mod tests {
         assert_eq!(outcome, Err(Rejection::Closed));
         assert_eq!(queued.end_reason(), Some(EndReason::Cancelled));
         assert_eq!(admission.snapshot().active, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_cancelled_while_queued_gets_closed_when_its_wait_times_out() {
+        let admission = admission(1, 4);
+        let registry = StreamRegistry::new();
+        let mut running = registry.register(new_stream("a"));
+        running.admit(&admission).await.unwrap();
+        let mut queued = registry.register(new_stream("a"));
+        let id = queued.id();
+        let waiting = {
+            let admission = Arc::clone(&admission);
+            tokio::spawn(async move {
+                let outcome = queued.admit(&admission).await;
+                (queued, outcome)
+            })
+        };
+        settle().await;
+        assert!(registry.end(id, EndReason::Cancelled));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let (queued, outcome) = waiting.await.unwrap();
+        assert_eq!(outcome, Err(Rejection::Closed));
+        assert_eq!(queued.end_reason(), Some(EndReason::Cancelled));
+        assert_eq!(registry.counts().ended_with(EndReason::TimedOut), 0);
+        assert_eq!(
+            admission.snapshot().active,
+            1,
+            "the running stream's permit only"
+        );
     }
 
     #[derive(Debug, Clone)]
