@@ -108,6 +108,9 @@ pub struct EngineTimings {
     /// Prompt tokens whose KV came from the prefix cache instead of being
     /// prefilled (vLLM's `usage.prompt_tokens_details.cached_tokens`).
     pub cached_tokens: u32,
+    /// Engine steps from getting a sequence until the first token, waiting
+    /// ones included: how many steps the prompt's prefill was spread over.
+    pub prefill_steps: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -94,6 +94,11 @@ struct Sequence {
     arrived_at: Instant,
     admitted_at: Instant,
     first_token_at: Option<Instant>,
+    /// Steps taken while its prompt was prefilling, waiting ones included.
+    prefill_steps: u32,
+    /// Its decode sat out the last step for another tenant's prompt; it
+    /// does not sit out the next.
+    sat_out_last_step: bool,
 }
 
 enum Delivery {
@@ -114,6 +119,7 @@ impl Sequence {
                 .first_token_at
                 .map_or(Duration::ZERO, |first| first - self.admitted_at),
             cached_tokens: self.reused as u32,
+            prefill_steps: self.prefill_steps,
         }
     }
 }
@@ -792,6 +798,8 @@ impl Scheduler {
             arrived_at: request.arrived_at,
             admitted_at: Instant::now(),
             first_token_at: None,
+            prefill_steps: 0,
+            sat_out_last_step: false,
         }
     }
 
@@ -804,50 +812,89 @@ impl Scheduler {
     }
 
     /// Decode tokens first (every unparked running stream), then prefill
-    /// chunks, tenant-fair, with what is left of the budget.
+    /// chunks, tenant-fair, with what is left of the budget. Prompts of
+    /// tenants below their fair share of the engine's sequences may claim
+    /// up to three quarters of the budget from the decodes of tenants above
+    /// theirs (see [`decodes_sitting_out`]), so a light tenant's first token
+    /// does not wait behind a flood's decodes.
     fn build_batch(&mut self) {
         self.batch.clear();
         self.sample_at.clear();
+        let mut decoding = Vec::new();
         let mut prefilling = Vec::new();
         for (slot, seq) in self.slots.iter_mut().enumerate() {
             let Some(seq) = seq else { continue };
             if seq.outbox.is_parked() {
                 continue;
             }
-            if let Some(token) = seq.next_token.take() {
-                let index = self.batch.n_tokens();
-                self.batch
-                    .add(
-                        LlamaToken(token),
-                        seq.kv_tokens.len() as i32,
-                        &[seq.seq_id],
-                        true,
-                    )
-                    .expect("batch holds a decode token per sequence");
-                seq.kv_tokens.push(token);
-                self.sample_at.push((slot, index));
-            } else if seq.is_prefilling() && seq.copy_from.is_none() {
-                prefilling.push((seq.admission_order, slot));
+            if seq.next_token.is_some() {
+                decoding.push(slot);
+            } else if seq.is_prefilling() {
+                seq.prefill_steps += 1;
+                if seq.copy_from.is_none() {
+                    prefilling.push((seq.admission_order, slot));
+                }
             }
         }
-        // Tenant-fair prefill: fewest sequences in the engine first, then
-        // admission order. Counted only when there is an order to choose
-        // (an empty map does not allocate), so decode-only steps pay nothing.
-        let mut per_tenant: HashMap<&str, usize> = HashMap::new();
-        if prefilling.len() > 1 {
-            for seq in self.slots.iter().flatten() {
-                *per_tenant.entry(seq.tenant.as_str()).or_insert(0) += 1;
-            }
-        }
+        // Shares are counted only when a prompt waits (an empty map does
+        // not allocate), so decode-only steps pay nothing.
+        let shares = if prefilling.is_empty() {
+            TenantShares::default()
+        } else {
+            TenantShares::count(self.slots.iter().flatten().map(|seq| seq.tenant.as_str()))
+        };
+        let tenant_of = |slot: usize| {
+            self.slots[slot]
+                .as_ref()
+                .map_or("", |seq| seq.tenant.as_str())
+        };
+        let urgent_prefill: usize = prefilling
+            .iter()
+            .filter(|&&(_, slot)| shares.is_below_share(tenant_of(slot)))
+            .map(|&(_, slot)| {
+                self.slots[slot]
+                    .as_ref()
+                    .map_or(0, |seq| seq.prompt.len() - seq.prefilled)
+            })
+            .sum();
+        let sitting_out = if urgent_prefill == 0 {
+            Vec::new()
+        } else {
+            let candidates: Vec<DecodeCandidate> = decoding
+                .iter()
+                .map(|&slot| DecodeCandidate {
+                    above_share: shares.is_above_share(tenant_of(slot)),
+                    sat_out_last_step: self.slots[slot]
+                        .as_ref()
+                        .is_some_and(|seq| seq.sat_out_last_step),
+                })
+                .collect();
+            decodes_sitting_out(self.step_budget() as usize, urgent_prefill, &candidates)
+        };
+        // Fewest sequences in the engine first, then admission order.
         let mut prefilling: Vec<(usize, u64, usize)> = prefilling
             .into_iter()
-            .map(|(order, slot)| {
-                let tenant = self.slots[slot]
-                    .as_ref()
-                    .map_or("", |seq| seq.tenant.as_str());
-                (per_tenant.get(tenant).copied().unwrap_or(0), order, slot)
-            })
+            .map(|(order, slot)| (shares.sequences(tenant_of(slot)), order, slot))
             .collect();
+        for (index, &slot) in decoding.iter().enumerate() {
+            let seq = self.slots[slot].as_mut().expect("slot listed as decoding");
+            seq.sat_out_last_step = sitting_out.get(index).copied().unwrap_or(false);
+            if seq.sat_out_last_step {
+                continue;
+            }
+            let token = seq.next_token.take().expect("a decoding slot has a token");
+            let index = self.batch.n_tokens();
+            self.batch
+                .add(
+                    LlamaToken(token),
+                    seq.kv_tokens.len() as i32,
+                    &[seq.seq_id],
+                    true,
+                )
+                .expect("batch holds a decode token per sequence");
+            seq.kv_tokens.push(token);
+            self.sample_at.push((slot, index));
+        }
         let decodes = self.batch.n_tokens() as u32;
         let mut budget = self
             .step_budget()
@@ -1132,6 +1179,68 @@ impl Scheduler {
     }
 }
 
+/// How many of the engine's sequences each tenant holds, to judge who is
+/// below or above an equal share (the engine knows no weights: admission
+/// already applied them when it let the streams in).
+#[derive(Default)]
+struct TenantShares<'a> {
+    sequences: HashMap<&'a str, usize>,
+    total: usize,
+}
+
+impl<'a> TenantShares<'a> {
+    fn count(tenants: impl Iterator<Item = &'a str>) -> Self {
+        let mut shares = Self::default();
+        for tenant in tenants {
+            *shares.sequences.entry(tenant).or_insert(0) += 1;
+            shares.total += 1;
+        }
+        shares
+    }
+
+    fn sequences(&self, tenant: &str) -> usize {
+        self.sequences.get(tenant).copied().unwrap_or(0)
+    }
+
+    fn is_below_share(&self, tenant: &str) -> bool {
+        self.sequences(tenant) * self.sequences.len() < self.total
+    }
+
+    fn is_above_share(&self, tenant: &str) -> bool {
+        self.sequences(tenant) * self.sequences.len() > self.total
+    }
+}
+
+/// A running stream's next decode, as [`decodes_sitting_out`] sees it.
+#[derive(Debug, Clone, Copy)]
+struct DecodeCandidate {
+    above_share: bool,
+    sat_out_last_step: bool,
+}
+
+/// Which decodes sit out this step so that `urgent_prefill` prompt tokens
+/// (of tenants below their share) fit beside the rest: at most three
+/// quarters of the budget is claimed, only decodes of tenants above their
+/// share give way, and never a stream that sat out the step before, so a
+/// flood's streams lose at most every other step, and only while light
+/// tenants' prompts wait.
+fn decodes_sitting_out(
+    budget: usize,
+    urgent_prefill: usize,
+    decodes: &[DecodeCandidate],
+) -> Vec<bool> {
+    let claim = urgent_prefill.min(budget * 3 / 4);
+    let mut to_free = (decodes.len() + claim).saturating_sub(budget);
+    decodes
+        .iter()
+        .map(|decode| {
+            let sits_out = to_free > 0 && decode.above_share && !decode.sat_out_last_step;
+            to_free -= usize::from(sits_out);
+            sits_out
+        })
+        .collect()
+}
+
 fn common_prefix(a: &[i32], b: &[i32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -1286,5 +1395,68 @@ mod tests {
         drop(receiver);
         assert!(matches!(outbox.flush(now), Delivery::ClientGone));
         assert!(!outbox.stalled_past(LIMIT, now + LIMIT * 2));
+    }
+
+    fn flood(streams: usize) -> Vec<DecodeCandidate> {
+        vec![
+            DecodeCandidate {
+                above_share: true,
+                sat_out_last_step: false,
+            };
+            streams
+        ]
+    }
+
+    fn sitting_out(flags: &[bool]) -> usize {
+        flags.iter().filter(|&&sits_out| sits_out).count()
+    }
+
+    #[test]
+    fn shares_are_judged_against_an_equal_split_of_the_sequences() {
+        let shares = TenantShares::count(
+            std::iter::repeat_n("flood", 48).chain(std::iter::repeat_n("light", 2)),
+        );
+        assert!(shares.is_below_share("light") && !shares.is_above_share("light"));
+        assert!(shares.is_above_share("flood") && !shares.is_below_share("flood"));
+        assert_eq!(shares.sequences("light"), 2);
+        assert_eq!(shares.sequences("absent"), 0);
+        let alone = TenantShares::count(std::iter::repeat_n("only", 5));
+        assert!(!alone.is_below_share("only") && !alone.is_above_share("only"));
+        let even = TenantShares::count(["a", "b", "a", "b"].into_iter());
+        assert!(!even.is_below_share("a") && !even.is_above_share("b"));
+    }
+
+    #[test]
+    fn a_light_prompt_takes_room_from_the_floods_decodes_up_to_three_quarters_of_the_step() {
+        // 48 decodes leave 80 of 128: a 90-token prompt needs 10 more.
+        assert_eq!(sitting_out(&decodes_sitting_out(128, 90, &flood(48))), 10);
+        // Claims stop at 96 of 128 tokens, so 32 decodes always run.
+        assert_eq!(sitting_out(&decodes_sitting_out(128, 500, &flood(48))), 16);
+        assert_eq!(sitting_out(&decodes_sitting_out(128, 500, &flood(120))), 88);
+        // Room enough: nobody waits.
+        assert_eq!(sitting_out(&decodes_sitting_out(128, 60, &flood(48))), 0);
+        assert_eq!(sitting_out(&decodes_sitting_out(128, 0, &flood(120))), 0);
+    }
+
+    #[test]
+    fn only_streams_of_tenants_above_their_share_that_ran_last_step_sit_out() {
+        let mut decodes = flood(8);
+        decodes[0].above_share = false;
+        decodes[1].sat_out_last_step = true;
+        let flags = decodes_sitting_out(16, 12, &decodes);
+        assert_eq!(
+            flags,
+            [false, false, true, true, true, true, false, false],
+            "4 make room, taken from the eligible ones"
+        );
+        // Every stream sat out: none may sit out again, the prompt waits.
+        let tired = vec![
+            DecodeCandidate {
+                above_share: true,
+                sat_out_last_step: true,
+            };
+            8
+        ];
+        assert_eq!(sitting_out(&decodes_sitting_out(16, 12, &tired)), 0);
     }
 }

@@ -4,7 +4,7 @@
 //! observer feeds them to metrics and the log.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sluice_core::admission::TokenCharge;
 use sluice_core::flags::Cohort;
@@ -44,7 +44,8 @@ pub struct RequestObserver {
     /// Released at the first token, or when the request ends without one.
     awaiting_first_token: Option<AwaitingFirstToken>,
     completion_tokens: u32,
-    queue_time: Option<Duration>,
+    /// The engine's account, once the request finished there.
+    engine_timings: Option<EngineTimings>,
     /// How the request ended; `None` until it has.
     outcome: Option<&'static str>,
 }
@@ -71,7 +72,7 @@ impl RequestObserver {
             token_charge: request.token_charge,
             awaiting_first_token,
             completion_tokens: 0,
-            queue_time: None,
+            engine_timings: None,
             outcome: None,
         }
     }
@@ -112,7 +113,7 @@ impl RequestObserver {
 
     pub fn finished(&mut self, reason: FinishReason, usage: Usage, timings: EngineTimings) {
         self.completion_tokens = usage.completion_tokens;
-        self.queue_time = Some(timings.queue);
+        self.engine_timings = Some(timings);
         self.metrics
             .request_queue_time
             .observe(timings.queue.as_secs_f64());
@@ -188,7 +189,8 @@ impl Drop for RequestObserver {
             ttft_ms,
             gap_mean_ms = telemetry.gap_mean().map(|gap| gap.as_millis()),
             gap_max_ms = telemetry.gap_max.as_millis(),
-            queue_ms = self.queue_time.map(|queue| queue.as_millis()),
+            queue_ms = self.engine_timings.map(|engine| engine.queue.as_millis()),
+            prefill_steps = self.engine_timings.map(|engine| engine.prefill_steps),
             e2e_ms = e2e.as_millis(),
             outcome,
             end = end.as_str(),
