@@ -812,11 +812,12 @@ impl Scheduler {
     }
 
     /// Decode tokens first (every unparked running stream), then prefill
-    /// chunks, tenant-fair, with what is left of the budget. Prompts of
-    /// tenants below their fair share of the engine's sequences may claim
-    /// up to three quarters of the budget from the decodes of tenants above
-    /// theirs (see [`decodes_sitting_out`]), so a light tenant's first token
-    /// does not wait behind a flood's decodes.
+    /// chunks, tenant-fair, with what is left of the budget. While a
+    /// prompt of a tenant below its fair share of the engine's sequences
+    /// waits, the decodes of tenants above theirs sit out the step (never
+    /// two steps in a row): the step is short and mostly that prompt, so a
+    /// light tenant's first token does not wait behind a flood's decodes,
+    /// and a flood's stream loses at most every other step, only then.
     fn build_batch(&mut self) {
         self.batch.clear();
         self.sample_at.clear();
@@ -848,28 +849,21 @@ impl Scheduler {
                 .as_ref()
                 .map_or("", |seq| seq.tenant.as_str())
         };
-        let urgent_prefill: usize = prefilling
+        let prompt_below_share = prefilling
             .iter()
-            .filter(|&&(_, slot)| shares.is_below_share(tenant_of(slot)))
-            .map(|&(_, slot)| {
-                self.slots[slot]
-                    .as_ref()
-                    .map_or(0, |seq| seq.prompt.len() - seq.prefilled)
-            })
-            .sum();
-        let sitting_out = if urgent_prefill == 0 {
-            Vec::new()
-        } else {
-            let candidates: Vec<DecodeCandidate> = decoding
+            .any(|&(_, slot)| shares.is_below_share(tenant_of(slot)));
+        let sitting_out: Vec<bool> = if prompt_below_share {
+            decoding
                 .iter()
-                .map(|&slot| DecodeCandidate {
-                    above_share: shares.is_above_share(tenant_of(slot)),
-                    sat_out_last_step: self.slots[slot]
-                        .as_ref()
-                        .is_some_and(|seq| seq.sat_out_last_step),
+                .map(|&slot| {
+                    shares.is_above_share(tenant_of(slot))
+                        && !self.slots[slot]
+                            .as_ref()
+                            .is_some_and(|seq| seq.sat_out_last_step)
                 })
-                .collect();
-            decodes_sitting_out(self.step_budget() as usize, urgent_prefill, &candidates)
+                .collect()
+        } else {
+            Vec::new()
         };
         // Fewest sequences in the engine first, then admission order.
         let mut prefilling: Vec<(usize, u64, usize)> = prefilling
@@ -1211,36 +1205,6 @@ impl<'a> TenantShares<'a> {
     }
 }
 
-/// A running stream's next decode, as [`decodes_sitting_out`] sees it.
-#[derive(Debug, Clone, Copy)]
-struct DecodeCandidate {
-    above_share: bool,
-    sat_out_last_step: bool,
-}
-
-/// Which decodes sit out this step so that `urgent_prefill` prompt tokens
-/// (of tenants below their share) fit beside the rest: at most three
-/// quarters of the budget is claimed, only decodes of tenants above their
-/// share give way, and never a stream that sat out the step before, so a
-/// flood's streams lose at most every other step, and only while light
-/// tenants' prompts wait.
-fn decodes_sitting_out(
-    budget: usize,
-    urgent_prefill: usize,
-    decodes: &[DecodeCandidate],
-) -> Vec<bool> {
-    let claim = urgent_prefill.min(budget * 3 / 4);
-    let mut to_free = (decodes.len() + claim).saturating_sub(budget);
-    decodes
-        .iter()
-        .map(|decode| {
-            let sits_out = to_free > 0 && decode.above_share && !decode.sat_out_last_step;
-            to_free -= usize::from(sits_out);
-            sits_out
-        })
-        .collect()
-}
-
 fn common_prefix(a: &[i32], b: &[i32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -1397,20 +1361,6 @@ mod tests {
         assert!(!outbox.stalled_past(LIMIT, now + LIMIT * 2));
     }
 
-    fn flood(streams: usize) -> Vec<DecodeCandidate> {
-        vec![
-            DecodeCandidate {
-                above_share: true,
-                sat_out_last_step: false,
-            };
-            streams
-        ]
-    }
-
-    fn sitting_out(flags: &[bool]) -> usize {
-        flags.iter().filter(|&&sits_out| sits_out).count()
-    }
-
     #[test]
     fn shares_are_judged_against_an_equal_split_of_the_sequences() {
         let shares = TenantShares::count(
@@ -1424,39 +1374,5 @@ mod tests {
         assert!(!alone.is_below_share("only") && !alone.is_above_share("only"));
         let even = TenantShares::count(["a", "b", "a", "b"].into_iter());
         assert!(!even.is_below_share("a") && !even.is_above_share("b"));
-    }
-
-    #[test]
-    fn a_light_prompt_takes_room_from_the_floods_decodes_up_to_three_quarters_of_the_step() {
-        // 48 decodes leave 80 of 128: a 90-token prompt needs 10 more.
-        assert_eq!(sitting_out(&decodes_sitting_out(128, 90, &flood(48))), 10);
-        // Claims stop at 96 of 128 tokens, so 32 decodes always run.
-        assert_eq!(sitting_out(&decodes_sitting_out(128, 500, &flood(48))), 16);
-        assert_eq!(sitting_out(&decodes_sitting_out(128, 500, &flood(120))), 88);
-        // Room enough: nobody waits.
-        assert_eq!(sitting_out(&decodes_sitting_out(128, 60, &flood(48))), 0);
-        assert_eq!(sitting_out(&decodes_sitting_out(128, 0, &flood(120))), 0);
-    }
-
-    #[test]
-    fn only_streams_of_tenants_above_their_share_that_ran_last_step_sit_out() {
-        let mut decodes = flood(8);
-        decodes[0].above_share = false;
-        decodes[1].sat_out_last_step = true;
-        let flags = decodes_sitting_out(16, 12, &decodes);
-        assert_eq!(
-            flags,
-            [false, false, true, true, true, true, false, false],
-            "4 make room, taken from the eligible ones"
-        );
-        // Every stream sat out: none may sit out again, the prompt waits.
-        let tired = vec![
-            DecodeCandidate {
-                above_share: true,
-                sat_out_last_step: true,
-            };
-            8
-        ];
-        assert_eq!(sitting_out(&decodes_sitting_out(16, 12, &tired)), 0);
     }
 }
