@@ -96,10 +96,16 @@ struct Sequence {
     first_token_at: Option<Instant>,
     /// Steps taken while its prompt was prefilling, waiting ones included.
     prefill_steps: u32,
-    /// Its decode sat out the last step for another tenant's prompt; it
-    /// does not sit out the next.
-    sat_out_last_step: bool,
+    /// Steps in a row its decode sat out for other tenants' prompts; at
+    /// [`MAX_STEPS_SITTING_OUT`] it runs in the next.
+    steps_sat_out: u8,
 }
+
+/// Most steps in a row a stream's decode sits out for the prompts of
+/// tenants below their share: two lets a pair of ~100-token prompts (one
+/// step of budget 128 and a bit) through without the flood's decodes, and
+/// still bounds a flood stream's gap to three steps.
+const MAX_STEPS_SITTING_OUT: u8 = 2;
 
 enum Delivery {
     Sent,
@@ -799,7 +805,7 @@ impl Scheduler {
             admitted_at: Instant::now(),
             first_token_at: None,
             prefill_steps: 0,
-            sat_out_last_step: false,
+            steps_sat_out: 0,
         }
     }
 
@@ -814,10 +820,10 @@ impl Scheduler {
     /// Decode tokens first (every unparked running stream), then prefill
     /// chunks, tenant-fair, with what is left of the budget. While a
     /// prompt of a tenant below its fair share of the engine's sequences
-    /// waits, the decodes of tenants above theirs sit out the step (never
-    /// two steps in a row): the step is short and mostly that prompt, so a
-    /// light tenant's first token does not wait behind a flood's decodes,
-    /// and a flood's stream loses at most every other step, only then.
+    /// waits, the decodes of tenants above theirs sit out the step (at most
+    /// [`MAX_STEPS_SITTING_OUT`] in a row): the step is short and mostly
+    /// that prompt, so a light tenant's first token does not wait behind a
+    /// flood's decodes, and a flood's stream loses steps only then.
     fn build_batch(&mut self) {
         self.batch.clear();
         self.sample_at.clear();
@@ -857,9 +863,9 @@ impl Scheduler {
                 .iter()
                 .map(|&slot| {
                     shares.is_above_share(tenant_of(slot))
-                        && !self.slots[slot]
+                        && self.slots[slot]
                             .as_ref()
-                            .is_some_and(|seq| seq.sat_out_last_step)
+                            .is_some_and(|seq| seq.steps_sat_out < MAX_STEPS_SITTING_OUT)
                 })
                 .collect()
         } else {
@@ -872,10 +878,11 @@ impl Scheduler {
             .collect();
         for (index, &slot) in decoding.iter().enumerate() {
             let seq = self.slots[slot].as_mut().expect("slot listed as decoding");
-            seq.sat_out_last_step = sitting_out.get(index).copied().unwrap_or(false);
-            if seq.sat_out_last_step {
+            if sitting_out.get(index).copied().unwrap_or(false) {
+                seq.steps_sat_out += 1;
                 continue;
             }
+            seq.steps_sat_out = 0;
             let token = seq.next_token.take().expect("a decoding slot has a token");
             let index = self.batch.n_tokens();
             self.batch
