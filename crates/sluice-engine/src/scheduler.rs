@@ -677,21 +677,34 @@ impl Scheduler {
     }
 
     /// The running sequence whose prompt shares the longest prefix with
-    /// `prompt`, if that prefix is worth copying.
+    /// `prompt`, if that prefix is worth copying; but one whose KV holds
+    /// its shared prefix already when that is nearly as long. Many share a
+    /// chat template's opening, and one still prefilling it may be another
+    /// tenant's, prefilled after this one (tenant-fair order): waiting for
+    /// it costs at least a step.
     fn busy_prefix(&self, prompt: &[i32]) -> Option<PrefixSource> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, seq)| {
-                let seq = seq.as_ref()?;
-                Some(PrefixSource {
-                    slot,
-                    admission_order: seq.admission_order,
-                    len: common_prefix(&seq.prompt, prompt),
-                })
-            })
-            .max_by_key(|source| source.len)
-            .filter(|source| source.len >= MIN_PREFIX_REUSE)
+        let mut longest: Option<PrefixSource> = None;
+        let mut longest_held: Option<PrefixSource> = None;
+        for (slot, seq) in self.slots.iter().enumerate() {
+            let Some(seq) = seq else { continue };
+            let source = PrefixSource {
+                slot,
+                admission_order: seq.admission_order,
+                len: common_prefix(&seq.prompt, prompt),
+            };
+            if longest.is_none_or(|best| source.len > best.len) {
+                longest = Some(source);
+            }
+            let held = seq.kv_tokens.len() >= source.len;
+            if held && longest_held.is_none_or(|best| source.len > best.len) {
+                longest_held = Some(source);
+            }
+        }
+        match (longest_held, longest) {
+            (Some(held), Some(longest)) if longest.len < held.len + MIN_PREFIX_REUSE => Some(held),
+            (_, longest) => longest,
+        }
+        .filter(|source| source.len >= MIN_PREFIX_REUSE)
     }
 
     /// Starts the copies whose source now holds the prefix. A source admitted
