@@ -29,5 +29,7 @@ stop_server
   echo
   benchmarks/summarize.py "$OUT/fairness-light-alone.json" "$OUT/fairness-light-beside-flood.json" "$OUT/fairness-flood.json"
 } >"$OUT/summary.md"
+# The light tenant's request log lines: engine queue time and prefill steps.
+sed 's/\x1b\[[0-9;]*m//g' "$OUT/fairness.server.log" | grep 'tenant=light' >"$OUT/light-requests.log" || true
 rm -f "$OUT"/*.server.log
 cat "$OUT/summary.md"

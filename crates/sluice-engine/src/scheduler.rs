@@ -102,9 +102,9 @@ struct Sequence {
 }
 
 /// Most steps in a row a stream's decode sits out for the prompts of
-/// tenants below their share: two lets a pair of ~100-token prompts (one
-/// step of budget 128 and a bit) through without the flood's decodes, and
-/// still bounds a flood stream's gap to three steps.
+/// tenants below their share: two lets prompts a little over one step
+/// through without the flood's decodes, and still bounds a flood stream's
+/// gap to three steps.
 const MAX_STEPS_SITTING_OUT: u8 = 2;
 
 enum Delivery {
@@ -889,10 +889,12 @@ impl Scheduler {
             .into_iter()
             .map(|(order, slot)| (shares.sequences(tenant_of(slot)), order, slot))
             .collect();
+        let mut sat_out = 0;
         for (index, &slot) in decoding.iter().enumerate() {
             let seq = self.slots[slot].as_mut().expect("slot listed as decoding");
             if sitting_out.get(index).copied().unwrap_or(false) {
                 seq.steps_sat_out += 1;
+                sat_out += 1;
                 continue;
             }
             seq.steps_sat_out = 0;
@@ -909,9 +911,12 @@ impl Scheduler {
             seq.kv_tokens.push(token);
             self.sample_at.push((slot, index));
         }
+        // The places of decodes that sit out go to the prompts they made
+        // way for: the step is never larger than with every decode in it
+        // (the batch is sized for that), and a pair of light prompts
+        // arriving together is prefilled in one step, not two.
         let decodes = self.batch.n_tokens() as u32;
-        let mut budget = self
-            .step_budget()
+        let mut budget = (self.step_budget() + sat_out)
             .saturating_sub(decodes)
             .max(self.config.min_prefill_chunk) as usize;
         prefilling.sort_unstable();
