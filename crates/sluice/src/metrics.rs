@@ -95,6 +95,14 @@ fn stage_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
+/// Who refused a request: the server (queue full, wait too long, draining)
+/// or the tenant's own limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectedBy {
+    Server,
+    TenantLimit,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub time_to_first_token: Histogram,
@@ -491,10 +499,15 @@ impl Metrics {
             .observe(seconds.as_secs_f64());
     }
 
-    pub fn count_rejected(&self, reason: &'static str, tenant: &str) {
+    /// A request refused before it ran. One refused by its tenant's own
+    /// limit (concurrency cap, token rate) counts against that tenant's SLO
+    /// window only: the limit working is not the server failing everyone.
+    pub fn count_rejected(&self, reason: &'static str, tenant: &str, by: RejectedBy) {
         let slot = self.tenant_slot(tenant);
         self.qos(|window| {
-            window.global.rejections += 1;
+            if by == RejectedBy::Server {
+                window.global.rejections += 1;
+            }
             window.tenants[slot].rejections += 1;
         });
         self.requests_rejected
@@ -762,12 +775,17 @@ mod tests {
         metrics.observe_ttft(Duration::from_millis(100), &plain);
         metrics.count_finished("engine_error", &acme);
         metrics.count_finished("stop", &stranger);
-        metrics.count_rejected("queue_full", "acme");
-        metrics.count_rejected("queue_full", "another-stranger");
+        metrics.count_rejected("queue_full", "acme", RejectedBy::Server);
+        metrics.count_rejected("queue_full", "another-stranger", RejectedBy::Server);
+        metrics.count_rejected("tenant_limit", "acme", RejectedBy::TenantLimit);
 
         let window = metrics.take_qos_window(10.0);
         assert_eq!(window.global.ttft.count(), 3);
-        assert_eq!((window.global.requests, window.global.rejections), (2, 2));
+        assert_eq!(
+            (window.global.requests, window.global.rejections),
+            (2, 2),
+            "a tenant's own limit is not a server rejection"
+        );
         let tenants: Vec<&str> = window
             .tenants
             .iter()
@@ -779,7 +797,7 @@ mod tests {
         };
         assert_eq!(default.ttft.count(), 1);
         assert_eq!((acme.ttft.count(), acme.itl.count()), (1, 1));
-        assert_eq!((acme.requests, acme.errors, acme.rejections), (1, 1, 1));
+        assert_eq!((acme.requests, acme.errors, acme.rejections), (1, 1, 2));
         assert_eq!(
             (other.ttft.count(), other.requests, other.rejections),
             (1, 1, 1)

@@ -24,6 +24,7 @@ use sluice_engine::{
 use crate::api::error::ApiError;
 use crate::api::openai::{ChatCompletionRequest, CompletionRequest, ValidatedParams};
 use crate::api::sse::{ChunkFramer, Endpoint, Framing, usage_json};
+use crate::metrics::RejectedBy;
 use crate::observer::{RequestInfo, RequestObserver};
 use crate::server::AppState;
 
@@ -624,6 +625,12 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
     let retry_after = rejection
         .retry_after()
         .map_or(1, |wait| wait.as_secs().max(1));
+    let by = match rejection {
+        Rejection::TenantQueueFull { .. } | Rejection::TokenRateExceeded { .. } => {
+            RejectedBy::TenantLimit
+        }
+        _ => RejectedBy::Server,
+    };
     let (reason, error) = match rejection {
         Rejection::QueueFull { .. } => (
             "queue_full",
@@ -674,7 +681,7 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
             ApiError::unavailable("The server is shutting down."),
         ),
     };
-    state.metrics.count_rejected(reason, tenant);
+    state.metrics.count_rejected(reason, tenant, by);
     error
 }
 
