@@ -783,8 +783,17 @@ mod tests {
         assert_eq!(registry.counts().ended_with(EndReason::Shutdown), 3);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_permit_granted_after_the_stream_ended_is_released_at_once() {
+    /// A stream waiting for admission (limit 1) behind a running one, and
+    /// the task that waits: it returns the handle and how the wait ended.
+    struct QueuedBehindOne {
+        admission: Arc<Admission>,
+        registry: Arc<StreamRegistry>,
+        running: StreamHandle,
+        id: u64,
+        waiting: tokio::task::JoinHandle<(StreamHandle, Result<(), Rejection>)>,
+    }
+
+    async fn queued_behind_one() -> QueuedBehindOne {
         let admission = admission(1, 4);
         let registry = StreamRegistry::new();
         let mut running = registry.register(new_stream("a"));
@@ -799,6 +808,24 @@ mod tests {
             })
         };
         settle().await;
+        QueuedBehindOne {
+            admission,
+            registry,
+            running,
+            id,
+            waiting,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_granted_after_the_stream_ended_is_released_at_once() {
+        let QueuedBehindOne {
+            admission,
+            registry,
+            running,
+            id,
+            waiting,
+        } = queued_behind_one().await;
         assert!(registry.end(id, EndReason::Cancelled));
         assert!(!registry.end(id, EndReason::Cancelled), "ends once");
         drop(running);
@@ -810,20 +837,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_cancelled_while_queued_gets_closed_when_its_wait_times_out() {
-        let admission = admission(1, 4);
-        let registry = StreamRegistry::new();
-        let mut running = registry.register(new_stream("a"));
-        running.admit(&admission).await.unwrap();
-        let mut queued = registry.register(new_stream("a"));
-        let id = queued.id();
-        let waiting = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move {
-                let outcome = queued.admit(&admission).await;
-                (queued, outcome)
-            })
-        };
-        settle().await;
+        let QueuedBehindOne {
+            admission,
+            registry,
+            // Holds the one permit to the end.
+            running: _running,
+            id,
+            waiting,
+        } = queued_behind_one().await;
         assert!(registry.end(id, EndReason::Cancelled));
         tokio::time::advance(Duration::from_secs(11)).await;
         let (queued, outcome) = waiting.await.unwrap();

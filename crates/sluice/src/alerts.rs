@@ -777,6 +777,12 @@ mod tests {
             .finish();
         let metrics = AlertMetrics::default();
         let alerter = Alerter::start(&AlertsConfig::default(), metrics.clone()).unwrap();
+        // tracing caches each callsite's interest for the process, and while
+        // one dispatcher exists it asks only the registering thread's: a
+        // test thread without a subscriber reaching these callsites first
+        // would cache "never" and blind this capture. With a second,
+        // always-interested dispatcher alive, registration asks them all.
+        let _anchor = tracing::Dispatch::new(tracing_subscriber::registry());
         tracing::subscriber::with_default(subscriber, || {
             alerter.notify(breach(Indicator::TtftP95Seconds));
             alerter.notify(breach(Indicator::TtftP95Seconds));

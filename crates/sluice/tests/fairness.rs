@@ -9,6 +9,22 @@ use std::time::Instant;
 
 use sluice_engine::{EngineHandle, EngineOptions, GenerationRequest, SamplingParams, StreamEvent};
 
+/// A request with default sampling that ignores end-of-text, without the
+/// prefix cache.
+fn request(tenant: &str, prompt_tokens: Vec<i32>, max_tokens: u32) -> GenerationRequest {
+    GenerationRequest {
+        prompt_tokens,
+        sampling: SamplingParams::default(),
+        max_tokens,
+        stop: Vec::new(),
+        ignore_eos: true,
+        arrived_at: Instant::now(),
+        use_prefix_cache: false,
+        on_slow_consumer: None,
+        tenant: tenant.to_owned(),
+    }
+}
+
 #[tokio::test]
 async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
     let mut config = common::test_config().engine;
@@ -23,17 +39,7 @@ async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
         config,
     });
     let model = engine.wait_ready().await.unwrap();
-    let request = |tenant: &str, prompt: String| GenerationRequest {
-        prompt_tokens: model.tokenize(&prompt, true),
-        sampling: SamplingParams::default(),
-        max_tokens: 2,
-        stop: Vec::new(),
-        ignore_eos: true,
-        arrived_at: Instant::now(),
-        use_prefix_cache: false,
-        on_slow_consumer: None,
-        tenant: tenant.to_owned(),
-    };
+    let request = |tenant: &str, prompt: String| request(tenant, model.tokenize(&prompt, true), 2);
     let flood: Vec<_> = (0..8)
         .map(|i| {
             let prompt = format!("Flood report {i}: ").repeat(40);
@@ -88,17 +94,6 @@ async fn a_light_tenants_prompt_is_prefilled_in_one_step_beside_a_floods_decodes
         config,
     });
     let model = engine.wait_ready().await.unwrap();
-    let request = |tenant: &str, prompt_tokens: Vec<i32>, max_tokens: u32| GenerationRequest {
-        prompt_tokens,
-        sampling: SamplingParams::default(),
-        max_tokens,
-        stop: Vec::new(),
-        ignore_eos: true,
-        arrived_at: Instant::now(),
-        use_prefix_cache: false,
-        on_slow_consumer: None,
-        tenant: tenant.to_owned(),
-    };
     let mut flood = Vec::new();
     for i in 0..FLOOD {
         let prompt = model.tokenize(&format!("Flood {i}:"), true);
