@@ -282,6 +282,8 @@ pub(crate) struct Scheduler {
     next_admission: u64,
     /// (slot, batch index) of every token whose logits the step samples.
     sample_at: Vec<(usize, i32)>,
+    /// This step's decoding slots; kept to reuse its allocation.
+    decoding: Vec<usize>,
     piece: Vec<u8>,
 }
 
@@ -369,6 +371,7 @@ impl Scheduler {
             draining: Vec::new(),
             next_admission: 0,
             sample_at: Vec::new(),
+            decoding: Vec::new(),
             piece: Vec::with_capacity(64),
         })
     }
@@ -840,7 +843,8 @@ impl Scheduler {
     fn build_batch(&mut self) {
         self.batch.clear();
         self.sample_at.clear();
-        let mut decoding = Vec::new();
+        let mut decoding = std::mem::take(&mut self.decoding);
+        decoding.clear();
         let mut prefilling = Vec::new();
         for (slot, seq) in self.slots.iter_mut().enumerate() {
             let Some(seq) = seq else { continue };
@@ -915,6 +919,7 @@ impl Scheduler {
         // way for: the step is never larger than with every decode in it
         // (the batch is sized for that), and a pair of light prompts
         // arriving together is prefilled in one step, not two.
+        self.decoding = decoding;
         let decodes = self.batch.n_tokens() as u32;
         let mut budget = (self.step_budget() + sat_out)
             .saturating_sub(decodes)

@@ -625,15 +625,10 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
     let retry_after = rejection
         .retry_after()
         .map_or(1, |wait| wait.as_secs().max(1));
-    let by = match rejection {
-        Rejection::TenantQueueFull { .. } | Rejection::TokenRateExceeded { .. } => {
-            RejectedBy::TenantLimit
-        }
-        _ => RejectedBy::Server,
-    };
-    let (reason, error) = match rejection {
+    let (reason, by, error) = match rejection {
         Rejection::QueueFull { .. } => (
             "queue_full",
+            RejectedBy::Server,
             ApiError::too_many_requests(
                 "server_overloaded",
                 "queue_full",
@@ -643,6 +638,7 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
         ),
         Rejection::WaitTimedOut { .. } => (
             "wait_timeout",
+            RejectedBy::Server,
             ApiError::too_many_requests(
                 "server_overloaded",
                 "admission_timeout",
@@ -652,6 +648,7 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
         ),
         Rejection::TenantQueueFull { .. } => (
             "tenant_limit",
+            RejectedBy::TenantLimit,
             ApiError::too_many_requests(
                 "rate_limit_exceeded",
                 "tenant_concurrency_limit",
@@ -665,6 +662,7 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
             tokens_per_minute, ..
         } => (
             "tenant_tokens_per_minute",
+            RejectedBy::TenantLimit,
             ApiError::too_many_requests(
                 "rate_limit_exceeded",
                 "tenant_tokens_per_minute",
@@ -678,6 +676,7 @@ fn admission_error(state: &AppState, tenant: &str, rejection: Rejection) -> ApiE
         ),
         Rejection::Closed => (
             "draining",
+            RejectedBy::Server,
             ApiError::unavailable("The server is shutting down."),
         ),
     };
