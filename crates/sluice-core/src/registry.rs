@@ -19,9 +19,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::admission::{Admission, Permit, Rejection};
 
@@ -225,6 +226,9 @@ struct Record {
     /// The admission permit, once admitted. Locked only at admission and
     /// at the end, never per token.
     permit: Mutex<Option<Permit>>,
+    /// Wakes the stream's admission wait when it ends (a cancel, shutdown),
+    /// so it leaves the queue at once.
+    ended: Notify,
 }
 
 impl Record {
@@ -278,6 +282,7 @@ impl StreamRegistry {
             state: AtomicU8::new(state.encode()),
             tokens: AtomicU64::new(0),
             permit: Mutex::new(None),
+            ended: Notify::new(),
         });
         if closed {
             self.ended[EndReason::Shutdown as usize].fetch_add(1, Ordering::Relaxed);
@@ -403,6 +408,7 @@ impl StreamRegistry {
         self.live[usize::from(current)].fetch_sub(1, Ordering::Relaxed);
         self.ended[reason as usize].fetch_add(1, Ordering::Relaxed);
         self.records().by_id.remove(&record.id);
+        record.ended.notify_waiters();
         let permit = record.permit().take();
         // Released outside the lock: admission may hand it on at once.
         drop(permit);
@@ -520,17 +526,26 @@ impl StreamHandle {
     /// Waits for an admission permit and moves it into the record. `Queued`
     /// is stamped only if the stream really waits. A rejection ends the
     /// stream (`TimedOut` for a wait past the limit, else `Rejected`); a
-    /// stream that ends while it waits (shutdown, cancel) gets `Closed` and
-    /// its permit, should one arrive, is released at once.
+    /// stream that ends while it waits (shutdown, cancel) stops waiting at
+    /// once, leaving the queue, and gets `Closed`; a permit granted as it
+    /// ended is released at once.
     pub async fn admit(&mut self, admission: &Arc<Admission>) -> Result<(), Rejection> {
+        let record = Arc::clone(&self.record);
+        let mut ended = std::pin::pin!(record.ended.notified());
+        // Listening before the state is read: an end after it wakes this.
+        ended.as_mut().enable();
         match self.state() {
             StreamState::Live(Stage::Registered) => {}
             StreamState::Live(_) => return Ok(()),
             StreamState::Ended(_) => return Err(Rejection::Closed),
         }
-        let record = Arc::clone(&self.record);
         let mut acquire = std::pin::pin!(admission.acquire(&record.tenant));
         let outcome = std::future::poll_fn(|cx| {
+            if ended.as_mut().poll(cx).is_ready() {
+                // Ended while waiting: dropping the wait gives its queue
+                // place back, and the end below finds the stream ended.
+                return Poll::Ready(Err(Rejection::Closed));
+            }
             let poll = acquire.as_mut().poll(cx);
             if poll.is_pending() {
                 self.advance(Stage::Queued);
@@ -551,8 +566,7 @@ impl StreamHandle {
                     Rejection::WaitTimedOut { .. } => EndReason::TimedOut,
                     _ => EndReason::Rejected,
                 });
-                // An end while it waited (a cancel does not wake the waiter)
-                // came first and stands.
+                // An end while it waited came first and stands.
                 if ended_by_rejection {
                     Err(rejection)
                 } else {
@@ -836,7 +850,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stream_cancelled_while_queued_gets_closed_when_its_wait_times_out() {
+    async fn a_stream_cancelled_while_queued_leaves_the_queue_at_once() {
         let QueuedBehindOne {
             admission,
             registry,
@@ -845,12 +859,14 @@ mod tests {
             id,
             waiting,
         } = queued_behind_one().await;
+        assert_eq!(admission.snapshot().queued, 1);
         assert!(registry.end(id, EndReason::Cancelled));
-        tokio::time::advance(Duration::from_secs(11)).await;
+        settle().await;
+        assert!(waiting.is_finished(), "the cancel wakes the wait");
+        assert_eq!(admission.snapshot().queued, 0, "its queue place is free");
         let (queued, outcome) = waiting.await.unwrap();
         assert_eq!(outcome, Err(Rejection::Closed));
         assert_eq!(queued.end_reason(), Some(EndReason::Cancelled));
-        assert_eq!(registry.counts().ended_with(EndReason::TimedOut), 0);
         assert_eq!(
             admission.snapshot().active,
             1,
