@@ -462,15 +462,25 @@ impl Scheduler {
         self.copy_prefixes();
         self.build_batch();
         self.publish_stats();
-        if self.batch.n_tokens() == 0 {
+        let tokens = self.batch.n_tokens();
+        if tokens == 0 {
             return false;
         }
+        let started = Instant::now();
         if let Err(err) = self.ctx.decode(&mut self.batch) {
             self.fail_batch(&format!("llama.cpp decode failed: {err}"));
             return true;
         }
-        self.stats.steps_total.fetch_add(1, Ordering::Relaxed);
+        let outputs = self.sample_at.len();
         self.sample_batch();
+        let micros = started.elapsed().as_micros() as u64;
+        tracing::debug!(tokens, outputs, micros, "engine step");
+        let stats = &self.stats;
+        stats.steps_total.fetch_add(1, Ordering::Relaxed);
+        stats.step_micros_total.fetch_add(micros, Ordering::Relaxed);
+        stats
+            .step_tokens_total
+            .fetch_add(tokens as u64, Ordering::Relaxed);
         true
     }
 
@@ -837,9 +847,10 @@ impl Scheduler {
     /// chunks, tenant-fair, with what is left of the budget. While a
     /// prompt of a tenant below its fair share of the engine's sequences
     /// waits, the decodes of tenants above theirs sit out the step (at most
-    /// [`MAX_STEPS_SITTING_OUT`] in a row): the step is short and mostly
-    /// that prompt, so a light tenant's first token does not wait behind a
-    /// flood's decodes, and a flood's stream loses steps only then.
+    /// [`MAX_STEPS_SITTING_OUT`] in a row) and only below-share prompts
+    /// are prefilled in it: the step is short and mostly those prompts, so
+    /// a light tenant's first token does not wait behind a flood's decodes
+    /// or prefill, and a flood's stream loses steps only then.
     fn build_batch(&mut self) {
         self.batch.clear();
         self.sample_at.clear();
@@ -889,9 +900,13 @@ impl Scheduler {
             Vec::new()
         };
         // Fewest sequences in the engine first, then admission order.
-        let mut prefilling: Vec<(usize, u64, usize)> = prefilling
+        let mut prefilling: Vec<(usize, u64, usize, bool)> = prefilling
             .into_iter()
-            .map(|(order, slot)| (shares.sequences(tenant_of(slot)), order, slot))
+            .map(|(order, slot)| {
+                let tenant = tenant_of(slot);
+                let below_share = shares.is_below_share(tenant);
+                (shares.sequences(tenant), order, slot, below_share)
+            })
             .collect();
         let mut sat_out = 0;
         for (index, &slot) in decoding.iter().enumerate() {
@@ -916,18 +931,23 @@ impl Scheduler {
             self.sample_at.push((slot, index));
         }
         // The places of decodes that sit out go to the prompts they made
-        // way for: the step is never larger than with every decode in it
-        // (the batch is sized for that), and a pair of light prompts
-        // arriving together is prefilled in one step, not two.
+        // way for, and only to those: the step is never larger than with
+        // every decode in it (the batch is sized for that), a pair of light
+        // prompts arriving together is prefilled in one step, not two, and
+        // the step is no longer than those prompts (measured: filled up with
+        // the flood's own prefill it took three times as long).
         self.decoding = decoding;
         let decodes = self.batch.n_tokens() as u32;
         let mut budget = (self.step_budget() + sat_out)
             .saturating_sub(decodes)
             .max(self.config.min_prefill_chunk) as usize;
         prefilling.sort_unstable();
-        for (_, _, slot) in prefilling {
+        for (_, _, slot, below_share) in prefilling {
             if budget == 0 {
                 break;
+            }
+            if sat_out > 0 && !below_share {
+                continue;
             }
             let seq = self.slots[slot]
                 .as_mut()

@@ -1,13 +1,18 @@
 //! Tenant-fair steps in the engine: a light tenant's prompt arriving
 //! behind a flood of another tenant's long prompts is prefilled first, and
-//! one arriving beside a flood's decodes has them sit out its step, so its first
-//! token waits neither for the flood's prefills nor for its decodes.
+//! one arriving beside a flood's decodes has them sit out its step, a step
+//! that holds its prompt and not the flood's, so its first token waits
+//! neither for the flood's prefills nor for its decodes.
 
 mod common;
 
 use std::time::Instant;
 
-use sluice_engine::{EngineHandle, EngineOptions, GenerationRequest, SamplingParams, StreamEvent};
+use sluice_engine::{
+    EngineHandle, EngineOptions, EngineTimings, GenerationRequest, GenerationStream, LoadedModel,
+    SamplingParams, StreamEvent,
+};
+use tokio::task::JoinHandle;
 
 /// A request with default sampling that ignores end-of-text, without the
 /// prefix cache.
@@ -77,23 +82,29 @@ async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
     );
 }
 
-#[tokio::test]
-async fn a_light_tenants_prompt_is_prefilled_in_one_step_beside_a_floods_decodes() {
-    const BUDGET: usize = 32;
-    const FLOOD: usize = 20;
-    const FLOOD_TOKENS: u32 = 120;
+/// The engine of the sit-out tests: a 32-token step budget, so beside 20
+/// decodes a step leaves 12 tokens for prefill.
+const BUDGET: usize = 32;
+const FLOOD: usize = 20;
+const FLOOD_TOKENS: u32 = 120;
+
+fn sit_out_engine() -> EngineHandle {
     let mut config = common::test_config().engine;
     config.max_sequences = 24;
-    config.context_per_sequence = 256;
+    config.context_per_sequence = 512;
     config.step_token_budget = BUDGET as u32;
     config.min_prefill_chunk = 8;
     config.prefix_cache = false;
-    let engine = EngineHandle::spawn(EngineOptions {
+    EngineHandle::spawn(EngineOptions {
         model_path: common::model_path(),
         chat_template: None,
         config,
-    });
-    let model = engine.wait_ready().await.unwrap();
+    })
+}
+
+/// Starts the flood's streams and returns, once every one of them decodes,
+/// readers that yield each stream's completion tokens.
+async fn decoding_flood(engine: &EngineHandle, model: &LoadedModel) -> Vec<JoinHandle<u32>> {
     let mut flood = Vec::new();
     for i in 0..FLOOD {
         let prompt = model.tokenize(&format!("Flood {i}:"), true);
@@ -103,14 +114,13 @@ async fn a_light_tenants_prompt_is_prefilled_in_one_step_beside_a_floods_decodes
                 .unwrap(),
         );
     }
-    // Every flood stream decodes before the light prompt arrives.
     for stream in &mut flood {
         assert!(matches!(
             stream.next().await,
             Some(StreamEvent::Token { .. })
         ));
     }
-    let readers: Vec<_> = flood
+    flood
         .into_iter()
         .map(|mut stream| {
             tokio::spawn(async move {
@@ -125,28 +135,34 @@ async fn a_light_tenants_prompt_is_prefilled_in_one_step_beside_a_floods_decodes
                 }
             })
         })
-        .collect();
+        .collect()
+}
 
-    let light_prompt = model.tokenize(
+/// A light prompt that fits one step with the flood's places, not without.
+fn light_prompt(model: &LoadedModel) -> Vec<i32> {
+    let prompt = model.tokenize(
         "Please tell me a short story about a small red fox who lives in the forest.",
         true,
     );
-    // Beside 20 decodes a 32-token step leaves 12 for prefill: this prompt
-    // needs two steps unless the flood's decodes sit out, one if they do.
     assert!(
-        light_prompt.len() > BUDGET - FLOOD && light_prompt.len() <= BUDGET,
+        prompt.len() > BUDGET - FLOOD && prompt.len() <= BUDGET,
         "prompt of {} tokens does not test the rule",
-        light_prompt.len()
+        prompt.len()
     );
-    let mut light = engine.submit(request("light", light_prompt, 1)).unwrap();
-    let timings = loop {
-        match light.next().await {
+    prompt
+}
+
+async fn timings(mut stream: GenerationStream) -> EngineTimings {
+    loop {
+        match stream.next().await {
             Some(StreamEvent::Token { .. }) => {}
-            Some(StreamEvent::Finished { timings, .. }) => break timings,
-            other => panic!("light stream ended with {other:?}"),
+            Some(StreamEvent::Finished { timings, .. }) => return timings,
+            other => panic!("stream ended with {other:?}"),
         }
-    };
-    assert_eq!(timings.prefill_steps, 1, "the light prompt's prefill steps");
+    }
+}
+
+async fn assert_flood_finishes(readers: Vec<JoinHandle<u32>>) {
     for reader in readers {
         assert_eq!(
             reader.await.unwrap(),
@@ -154,4 +170,50 @@ async fn a_light_tenants_prompt_is_prefilled_in_one_step_beside_a_floods_decodes
             "a flood stream that made room still finishes"
         );
     }
+}
+
+#[tokio::test]
+async fn a_light_tenants_prompt_is_prefilled_in_one_step_beside_a_floods_decodes() {
+    let engine = sit_out_engine();
+    let model = engine.wait_ready().await.unwrap();
+    let readers = decoding_flood(&engine, &model).await;
+    // Beside 20 decodes a 32-token step leaves 12 for prefill: this prompt
+    // needs two steps unless the flood's decodes sit out, one if they do.
+    let light = engine
+        .submit(request("light", light_prompt(&model), 1))
+        .unwrap();
+    assert_eq!(
+        timings(light).await.prefill_steps,
+        1,
+        "the light prompt's prefill steps"
+    );
+    assert_flood_finishes(readers).await;
+}
+
+#[tokio::test]
+async fn a_floods_prompt_waits_out_the_step_its_decodes_sit_out() {
+    let engine = sit_out_engine();
+    let model = engine.wait_ready().await.unwrap();
+    let readers = decoding_flood(&engine, &model).await;
+    // A long flood prompt takes 12 tokens a step beside the decodes. The
+    // light prompt, sent after it, arrives while it prefills (or with it).
+    let long_prompt = model.tokenize(&"Flood report: ".repeat(60), true);
+    let chunk = BUDGET - FLOOD;
+    let long = engine
+        .submit(request("flood", long_prompt.clone(), 1))
+        .unwrap();
+    let light = engine
+        .submit(request("light", light_prompt(&model), 1))
+        .unwrap();
+    assert_eq!(timings(light).await.prefill_steps, 1);
+    // The light prompt's step is its prompt alone: the places the flood's
+    // decodes gave up are not refilled with the flood's prefill, so the
+    // long prompt spends exactly one step more than its 12-token chunks.
+    assert_eq!(
+        timings(long).await.prefill_steps as usize,
+        long_prompt.len().div_ceil(chunk) + 1,
+        "steps to prefill {} tokens in {chunk}-token chunks, plus the light prompt's",
+        long_prompt.len()
+    );
+    assert_flood_finishes(readers).await;
 }
