@@ -27,6 +27,8 @@ fn main() {
             itl_p95: Some(0.4),
             queue_depth: (i % 5) as usize,
             awaiting_first_token: (i % 3) as usize,
+            active: 32,
+            steps: None,
         };
         black_box(controller.tick(black_box(&signals), 0.25));
     }

@@ -34,13 +34,24 @@
 //! ([`BudgetController`]): the tokens one step may process, decodes first,
 //! prefill chunks with the rest. It is what trades TTFT against inter-token
 //! gaps: a step with more prefill finishes prompts sooner and makes every
-//! running stream wait longer for its next token. So a prefill backlog
-//! (admitted streams without a first token) raises the budget while the
-//! inter-token p95 has headroom, an inter-token p95 over target lowers it,
-//! and without a backlog it returns to its baseline. While the budget can
-//! still rise, TTFT does not lower the admission limit: a late first token is
-//! then answered with more prefill per step, not with fewer streams (fewer
-//! streams only move the wait into the admission queue).
+//! running stream wait longer for its next token, since each stream gets one
+//! token per step. So it is set from the engine's own step times, not from
+//! the inter-token window: while admitted streams await their first token,
+//! the budget goes to the size whose step would take a set fraction
+//! ([`STEP_TIME_TARGET`]) of the inter-token target at the tokens per second
+//! the engine just measured; without a backlog it returns to its baseline.
+//! The step time is known the moment a step ends, where a windowed p95 lags
+//! by seconds (and made an earlier, window-driven version overshoot). While
+//! the budget can still rise, TTFT does not lower the admission limit: a
+//! late first token is then answered with more prefill per step, not with
+//! fewer streams (fewer streams only move the wait into the admission
+//! queue).
+//!
+//! A lower limit evicts no running stream, so with more streams running than
+//! the limit its effect shows only as they finish. The limit therefore never
+//! falls more than `max_step` below the streams running, and the integral
+//! does not wind up while it is held there: a cold burst the controller
+//! cannot help makes it shed load as streams end, not slam to its floor.
 
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +129,19 @@ pub struct Signals {
     pub queue_depth: usize,
     /// Admitted streams that have not produced their first token yet.
     pub awaiting_first_token: usize,
+    /// Streams holding an admission permit.
+    pub active: usize,
+    /// The engine steps that ended since the last tick; None if none did.
+    pub steps: Option<StepSample>,
+}
+
+/// The engine steps of one tick, from the engine's own clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSample {
+    /// Mean wall time of a step: what every running stream waits per token.
+    pub seconds: f64,
+    /// Tokens (decodes and prefill) processed per second of stepping.
+    pub tokens_per_second: f64,
 }
 
 /// One tick's inputs, terms and output, exported as gauges.
@@ -205,6 +229,7 @@ impl LimitController {
             let at_saturation = ((1.0 - p - d) / config.ki).clamp(0.0, integral_max);
             integral = integral.min(self.integral.max(at_saturation));
         }
+        let previous_integral = self.integral;
         self.integral = integral;
         let i = config.ki * self.integral;
         let pressure = (p + i + d).clamp(0.0, 1.0);
@@ -226,8 +251,15 @@ impl LimitController {
         } else {
             wanted
         };
+        // A limit below the running streams bites only as they end: never
+        // more than one step below them, and no winding up while held there.
+        let floor = (signals.active as i64 - step_down).max(i64::from(config.min_streams));
+        if wanted < floor && self.integral > previous_integral {
+            self.integral = previous_integral;
+        }
         let next = wanted
             .clamp(current - step_down, current + step_up)
+            .max(floor.min(current))
             .clamp(i64::from(config.min_streams), i64::from(config.max_streams));
         self.limit = next as u32;
         Decision {
@@ -242,24 +274,31 @@ impl LimitController {
     }
 }
 
-/// Inter-token p95 below `(1 - BUDGET_HEADROOM) × target` leaves room to
-/// raise the step budget; between that and the target it holds.
-pub const BUDGET_HEADROOM: f64 = 0.25;
+/// The step time the budget aims for while prompts wait, as a fraction of
+/// the inter-token p95 target: the rest is room for the steps that run
+/// longer than the mean (a prompt's last chunk, sampling many streams).
+pub const STEP_TIME_TARGET: f64 = 0.75;
 
-/// Growth per tick while prompts wait and gaps have headroom: ×1.25 goes
-/// from 128 to 512 tokens in about 1.5 s at the default tick. The latency
-/// window lags that (4 s), so growth can overshoot the target; the shrink in
-/// proportion to the miss takes it back (see the scripted-engine tests).
+/// Growth per tick at most, toward the budget that fits the step time
+/// target: ×1.25 goes from 128 to 512 tokens in about 1.5 s at the default
+/// tick, and each step measured on the way corrects the estimate.
 pub const BUDGET_GROWTH: f64 = 1.25;
 
+/// A fitting budget within this fraction of the current one changes
+/// nothing: step times vary by a few percent from step to step.
+pub const BUDGET_DEADBAND: f64 = 0.1;
+
 /// Sets the engine's per-step token budget from the prefill backlog and the
-/// inter-token p95 (see the module docs).
+/// engine's measured step times (see the module docs).
 #[derive(Debug, Clone)]
 pub struct BudgetController {
     base: u32,
     ceiling: u32,
     itl_target: f64,
     budget: u32,
+    /// The budget whose step would take the target time, at the rate of
+    /// the last steps measured.
+    fitting: Option<f64>,
 }
 
 impl BudgetController {
@@ -271,6 +310,7 @@ impl BudgetController {
             ceiling: ceiling.max(base),
             itl_target: itl_target_ms as f64 / 1000.0,
             budget: base,
+            fitting: None,
         }
     }
 
@@ -278,30 +318,35 @@ impl BudgetController {
         self.budget
     }
 
-    /// Whether the budget may still rise: below its ceiling, and the
-    /// inter-token p95 (if measured) has headroom.
-    pub fn can_rise(&self, itl_p95: Option<f64>) -> bool {
+    /// Whether the budget may still rise: below its ceiling, and the last
+    /// steps measured (if any) leave room for a larger one.
+    pub fn can_rise(&self) -> bool {
         self.budget < self.ceiling
-            && itl_p95.is_none_or(|itl| itl < (1.0 - BUDGET_HEADROOM) * self.itl_target)
+            && self
+                .fitting
+                .is_none_or(|fitting| fitting > f64::from(self.budget) * (1.0 + BUDGET_DEADBAND))
     }
 
-    /// One tick: `awaiting_first_token` admitted streams have not finished
-    /// their prefill.
-    pub fn tick(&mut self, itl_p95: Option<f64>, awaiting_first_token: usize) -> u32 {
-        let over = itl_p95
-            .map(|itl| (itl - self.itl_target) / self.itl_target)
-            .filter(|error| *error > 0.0);
+    /// One tick: `steps` are the engine steps that ended since the last
+    /// one; `awaiting_first_token` admitted streams have not finished their
+    /// prefill.
+    pub fn tick(&mut self, steps: Option<StepSample>, awaiting_first_token: usize) -> u32 {
         let budget = f64::from(self.budget);
-        let next = if let Some(error) = over {
-            // Gaps too long: shrink in proportion to the miss, by half at most.
-            budget * (1.0 - 0.5 * error.min(1.0))
-        } else if awaiting_first_token == 0 {
+        let over_target = steps.is_some_and(|steps| steps.seconds > self.itl_target);
+        if let Some(steps) = steps {
+            self.fitting = Some(steps.tokens_per_second * STEP_TIME_TARGET * self.itl_target);
+        }
+        let next = match self.fitting {
             // Nothing to prefill: back to the base within a few ticks.
-            budget / 2.0
-        } else if self.can_rise(itl_p95) {
-            budget * BUDGET_GROWTH
-        } else {
-            budget
+            _ if awaiting_first_token == 0 => budget / 2.0,
+            // Steps too long: down to the fitting budget at once.
+            Some(fitting) if over_target => fitting.min(budget),
+            Some(fitting) if fitting > budget * (1.0 + BUDGET_DEADBAND) => {
+                fitting.min(budget * BUDGET_GROWTH)
+            }
+            Some(fitting) if fitting < budget * (1.0 - BUDGET_DEADBAND) => fitting,
+            // Within the deadband, or nothing measured yet: hold.
+            _ => budget,
         };
         self.budget = (next.round() as u32).clamp(self.base, self.ceiling);
         self.budget
@@ -341,11 +386,10 @@ impl Governor {
     /// Advances both controllers by `dt` seconds. With the adaptive limit
     /// off the limit stays at `max_streams`.
     pub fn tick(&mut self, signals: &Signals, dt: f64) -> Decision {
-        let budget_can_rise =
-            signals.awaiting_first_token > 0 && self.budget.can_rise(signals.itl_p95);
         let step_budget = self
             .budget
-            .tick(signals.itl_p95, signals.awaiting_first_token);
+            .tick(signals.steps, signals.awaiting_first_token);
+        let budget_can_rise = signals.awaiting_first_token > 0 && self.budget.can_rise();
         if !self.limit.config().enabled {
             return Decision {
                 limit: self.limit.limit(),
@@ -412,9 +456,9 @@ mod tests {
                 let active = demand.min(controller.limit());
                 let signals = Signals {
                     ttft_p95: Some(plant.ttft(active)),
-                    itl_p95: None,
                     queue_depth: (demand - active) as usize,
-                    awaiting_first_token: 0,
+                    active: active as usize,
+                    ..Signals::default()
                 };
                 controller.tick(&signals, DT).limit
             })
@@ -502,9 +546,8 @@ mod tests {
             let decision = controller.tick(
                 &Signals {
                     ttft_p95: Some(ttft),
-                    itl_p95: None,
                     queue_depth: 10,
-                    awaiting_first_token: 0,
+                    ..Signals::default()
                 },
                 DT,
             );
@@ -569,38 +612,74 @@ mod tests {
         assert_eq!(controller.error(&fast), -0.5);
     }
 
-    /// A scripted engine: a step processes `decodes + budget` tokens at 170
-    /// tokens/s, and every running stream gets one token per step, so the
-    /// inter-token gap is the step time.
-    fn step_seconds(decodes: u32, budget: u32) -> f64 {
-        f64::from(decodes + budget) / 170.0
+    #[test]
+    fn a_limit_below_the_running_streams_falls_only_as_they_end() {
+        let mut controller = LimitController::new(test_config());
+        // A cold burst: 48 streams admitted at once, their first tokens far
+        // past the target, more clients queued behind them.
+        let burst = |active: usize| Signals {
+            ttft_p95: Some(30.0),
+            queue_depth: 20,
+            active,
+            ..Signals::default()
+        };
+        for _ in 0..40 {
+            controller.tick(&burst(48), DT);
+        }
+        assert_eq!(controller.limit(), 44, "one step below the 48 running");
+        let mut active = 48;
+        while active > 12 {
+            active -= 2;
+            let limit = controller.tick(&burst(active), DT).limit as usize;
+            assert!(limit + 4 >= active, "{limit} with {active} running");
+        }
+        // First tokens on time again: the integral did not wind up while the
+        // limit was held, so the pressure lets go within a few seconds.
+        let healthy = Signals {
+            ttft_p95: Some(1.0),
+            ..burst(active)
+        };
+        let released = (1..=20).find(|_| controller.tick(&healthy, DT).pressure == 0.0);
+        assert!(released.is_some(), "pressure still on after 5 s");
+    }
+
+    /// A scripted engine: a step of `tokens` takes a fixed 50 ms plus
+    /// `tokens / rate`, and every running stream gets one token per step, so
+    /// the inter-token gap is the step time. The backlog fills the budget.
+    fn step(budget: u32, rate: f64, noise: f64) -> StepSample {
+        let seconds = (0.05 + f64::from(budget) / rate) * (1.0 + noise);
+        StepSample {
+            seconds,
+            tokens_per_second: f64::from(budget) / seconds,
+        }
     }
 
     #[test]
-    fn budget_rises_with_a_backlog_and_settles_where_gaps_meet_the_target() {
-        // 75 decoding streams, a 2 s ITL target: the headroom band is
-        // 1.5..2.0 s of step time, i.e. a budget of about 180..265 tokens.
+    fn budget_rises_with_a_backlog_and_settles_at_the_step_time_target() {
+        // A 2 s inter-token target: steps of 1.5 s, i.e. ~247 tokens at 170
+        // tokens/s after the 50 ms overhead.
         let mut budget = BudgetController::new(128, 512, 2000);
         let budgets: Vec<u32> = (0..80)
             .map(|_| {
-                let itl = step_seconds(75, budget.budget());
-                budget.tick(Some(itl), 10)
+                let measured = step(budget.budget(), 170.0, 0.0);
+                budget.tick(Some(measured), 10)
             })
             .collect();
-        assert!(budgets[5] > 128, "rises: {budgets:?}");
-        for &b in &budgets[20..] {
-            let itl = step_seconds(75, b);
+        assert!(budgets[2] > 128, "rises: {budgets:?}");
+        let settled = &budgets[10..];
+        for &b in settled {
+            let seconds = step(b, 170.0, 0.0).seconds;
             assert!(
-                (1.4..=2.0).contains(&itl),
-                "budget {b} gives {itl} s: {budgets:?}"
+                (1.3..=1.65).contains(&seconds),
+                "budget {b} gives {seconds} s steps: {budgets:?}"
             );
         }
-        let settled = &budgets[20..];
         assert_eq!(
             settled.iter().min(),
             settled.iter().max(),
             "no chatter: {settled:?}"
         );
+        assert!(!budget.can_rise(), "settled: no room left");
     }
 
     #[test]
@@ -613,13 +692,16 @@ mod tests {
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let unit = (rng >> 11) as f64 / (1u64 << 53) as f64;
-                let itl = step_seconds(75, budget.budget()) * (1.0 + 0.1 * (2.0 * unit - 1.0));
-                budget.tick(Some(itl), 10)
+                let measured = step(budget.budget(), 170.0, 0.1 * (2.0 * unit - 1.0));
+                budget.tick(Some(measured), 10)
             })
             .collect();
-        let settled = &budgets[40..];
+        let settled = &budgets[20..];
         for &b in settled {
-            assert!(step_seconds(75, b) <= 2.2, "budget {b}: {settled:?}");
+            assert!(
+                step(b, 170.0, 0.1).seconds <= 2.0,
+                "budget {b}: {settled:?}"
+            );
         }
         let changes = settled.windows(2).filter(|w| w[0] != w[1]).count();
         assert!(
@@ -629,18 +711,25 @@ mod tests {
     }
 
     #[test]
-    fn budget_falls_when_gaps_miss_and_returns_to_base_without_a_backlog() {
+    fn budget_cuts_at_once_when_steps_run_long_and_returns_to_base_without_a_backlog() {
         let mut budget = BudgetController::new(128, 512, 2000);
+        // A cold burst: prompts only, prefilled fast.
         for _ in 0..20 {
-            budget.tick(None, 40);
+            let measured = step(budget.budget(), 400.0, 0.0);
+            budget.tick(Some(measured), 40);
         }
-        assert_eq!(budget.budget(), 512, "cold burst, nothing decoding yet");
-        let after_miss = budget.tick(Some(3.0), 40);
-        assert!(after_miss < 512, "a 1.5x miss shrinks it");
-        assert!(!budget.can_rise(Some(1.9)), "no headroom, no growth");
-        assert!(budget.can_rise(Some(1.0)));
-        // Load gone: back to base within 5 s (20 ticks).
-        let ticks = (1..=20).find(|_| budget.tick(Some(0.2), 0) == 128);
+        assert_eq!(budget.budget(), 512, "cold burst: up to the ceiling");
+        // The streams now decode too, and the engine slows to 150 tokens/s:
+        // a 3.5 s step is over the 2 s target.
+        let cut = budget.tick(Some(step(512, 150.0, 0.0)), 40);
+        assert!(
+            step(cut, 150.0, 0.0).seconds <= 1.6,
+            "cut to fit in one tick: {cut}"
+        );
+        // No step ended this tick: nothing new, the budget holds.
+        assert_eq!(budget.tick(None, 40), cut);
+        // Load gone: back to base within a second (4 ticks).
+        let ticks = (1..=20).find(|_| budget.tick(Some(step(128, 150.0, 0.0)), 0) == 128);
         assert!(ticks.is_some_and(|t| t <= 4), "took {ticks:?} ticks");
     }
 
@@ -651,11 +740,17 @@ mod tests {
             adapt_step_budget: true,
             ..test_config()
         };
+        // Prompts prefilling fast: 1,000 tokens/s fits 750 tokens in the
+        // 0.75 s step target, more than the ceiling.
         let late = Signals {
             ttft_p95: Some(30.0),
             itl_p95: Some(0.5),
-            queue_depth: 0,
             awaiting_first_token: 20,
+            steps: Some(StepSample {
+                seconds: 0.3,
+                tokens_per_second: 1000.0,
+            }),
+            ..Signals::default()
         };
         let mut governor = Governor::new(config.clone(), 128, 512);
         for _ in 0..4 {
@@ -687,17 +782,24 @@ mod tests {
             ..GovernorConfig::default()
         };
         let mut governor = Governor::new(adapting.clone(), 128, 512);
+        // Steps of 5 s at 100 tokens/s: over the 1.5 s target, and the
+        // budget that would fit it (~112 tokens) is under the base.
         let late = Signals {
             ttft_p95: Some(60.0),
             itl_p95: Some(5.0),
             queue_depth: 30,
             awaiting_first_token: 20,
+            active: 100,
+            steps: Some(StepSample {
+                seconds: 5.0,
+                tokens_per_second: 100.0,
+            }),
         };
         for _ in 0..40 {
             let decision = governor.tick(&late, DT);
             assert_eq!(decision.limit, 128);
         }
-        assert_eq!(governor.budget(), 128, "gaps over target keep it at base");
+        assert_eq!(governor.budget(), 128, "long steps keep it at base");
         let adapt_off = GovernorConfig {
             adapt_step_budget: false,
             ..adapting

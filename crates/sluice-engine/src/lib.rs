@@ -56,6 +56,10 @@ pub struct EngineStats {
     pub parked: AtomicUsize,
     pub kv_tokens_in_use: AtomicUsize,
     pub steps_total: AtomicU64,
+    /// Wall time spent in steps (model and sampling), and the tokens those
+    /// steps processed: the governor's step time and rate per tick.
+    pub step_micros_total: AtomicU64,
+    pub step_tokens_total: AtomicU64,
     pub prompt_tokens_processed_total: AtomicU64,
     pub generated_tokens_total: AtomicU64,
     pub finished_total: AtomicU64,

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_core::governor::{Decision, Governor, Signals};
+use sluice_core::governor::{Decision, Governor, Signals, StepSample};
 use sluice_core::window::LatencyWindow;
+use sluice_engine::EngineStats;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::AppState;
@@ -67,6 +68,35 @@ fn lock(window: &Mutex<LatencyWindow>) -> std::sync::MutexGuard<'_, LatencyWindo
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The engine's step counters at one tick, to take the next tick's steps
+/// from.
+#[derive(Default)]
+struct StepCounters {
+    steps: u64,
+    micros: u64,
+    tokens: u64,
+}
+
+impl StepCounters {
+    fn read(stats: &EngineStats) -> Self {
+        Self {
+            steps: stats.steps_total.load(Ordering::Relaxed),
+            micros: stats.step_micros_total.load(Ordering::Relaxed),
+            tokens: stats.step_tokens_total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The steps that ended between `self` and `later`; None if none did.
+    fn since(&self, later: &Self) -> Option<StepSample> {
+        let steps = later.steps.checked_sub(self.steps).filter(|&n| n > 0)?;
+        let seconds = later.micros.saturating_sub(self.micros) as f64 / 1e6;
+        (seconds > 0.0).then(|| StepSample {
+            seconds: seconds / steps as f64,
+            tokens_per_second: later.tokens.saturating_sub(self.tokens) as f64 / seconds,
+        })
+    }
+}
+
 /// Ticks the governor until `stop`: it sets the engine's step token budget
 /// and, with the adaptive limit on, the admission limit. The admission limit
 /// never exceeds the policy engine's bound (`AppState::limit_bound`); with
@@ -80,6 +110,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
+    let mut counters = StepCounters::read(state.engine.stats());
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -88,11 +119,17 @@ pub async fn run(
                 last = now;
                 let windows = &state.latency;
                 let (ttft_p95, itl_p95) = windows.p95s(Instant::now());
+                let now_counters = StepCounters::read(state.engine.stats());
+                let steps = counters.since(&now_counters);
+                counters = now_counters;
+                let admission = state.admission.snapshot();
                 let signals = Signals {
                     ttft_p95,
                     itl_p95,
-                    queue_depth: state.admission.snapshot().queued,
+                    queue_depth: admission.queued,
                     awaiting_first_token: windows.awaiting_first_token.load(Ordering::Relaxed),
+                    active: admission.active as usize,
+                    steps,
                 };
                 let decision = governor.tick(&signals, dt);
                 let limit = decision.limit.min(state.limit_bound.load(Ordering::Relaxed));

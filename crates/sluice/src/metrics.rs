@@ -29,6 +29,8 @@ pub struct GovernorMetrics {
     step_budget: Gauge,
     ttft_p95: FloatGauge,
     itl_p95: FloatGauge,
+    step_seconds: FloatGauge,
+    step_tokens_per_second: FloatGauge,
     error: FloatGauge,
     p: FloatGauge,
     i: FloatGauge,
@@ -42,6 +44,11 @@ impl GovernorMetrics {
         self.step_budget.set(i64::from(decision.step_budget));
         self.ttft_p95.set(signals.ttft_p95.unwrap_or(0.0));
         self.itl_p95.set(signals.itl_p95.unwrap_or(0.0));
+        // A tick without a finished step keeps the last step's numbers.
+        if let Some(steps) = signals.steps {
+            self.step_seconds.set(steps.seconds);
+            self.step_tokens_per_second.set(steps.tokens_per_second);
+        }
         self.error.set(decision.error);
         self.p.set(decision.p);
         self.i.set(decision.i);
@@ -50,7 +57,7 @@ impl GovernorMetrics {
     }
 
     fn register(&self, registry: &mut Registry) {
-        let gauges: [(&str, &str, &FloatGauge); 7] = [
+        let gauges: [(&str, &str, &FloatGauge); 9] = [
             (
                 "sluice:governor_ttft_p95_seconds",
                 "Windowed TTFT p95 the governor sees",
@@ -60,6 +67,16 @@ impl GovernorMetrics {
                 "sluice:governor_itl_p95_seconds",
                 "Windowed inter-token gap p95 the governor sees",
                 &self.itl_p95,
+            ),
+            (
+                "sluice:governor_step_seconds",
+                "Mean engine step time in the governor's last tick with steps",
+                &self.step_seconds,
+            ),
+            (
+                "sluice:governor_step_tokens_per_second",
+                "Tokens per second of engine stepping in that tick",
+                &self.step_tokens_per_second,
             ),
             (
                 "sluice:governor_error",
