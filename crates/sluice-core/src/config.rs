@@ -477,6 +477,11 @@ pub struct EngineConfig {
     /// Smallest prefill chunk per step, so prefill progresses even when
     /// running streams fill the budget.
     pub min_prefill_chunk: u32,
+    /// Cap on the step budget while more than one tenant has sequences in
+    /// the engine (in this step or the last): a step cannot be cut short,
+    /// so its length is what another tenant's new prompt may wait before
+    /// its prefill starts. 0: no cap.
+    pub mixed_step_token_budget: u32,
     /// Threads llama.cpp computes with; 0 means one per available core.
     pub threads: u32,
     /// Events buffered between the engine and one client's writer. A client
@@ -514,6 +519,7 @@ impl Default for EngineConfig {
             step_token_budget: 128,
             max_step_token_budget: 512,
             min_prefill_chunk: 16,
+            mixed_step_token_budget: 64,
             threads: 0,
             stream_buffer_events: 64,
             max_park_ms: 30_000,
@@ -618,6 +624,11 @@ impl RuntimeConfig {
                 engine.min_prefill_chunk == 0
                     || engine.min_prefill_chunk > engine.step_token_budget,
                 "engine.min_prefill_chunk must be between 1 and engine.step_token_budget",
+            ),
+            (
+                engine.mixed_step_token_budget != 0
+                    && engine.mixed_step_token_budget < engine.min_prefill_chunk,
+                "engine.mixed_step_token_budget must be 0 (no cap) or at least engine.min_prefill_chunk",
             ),
             (
                 engine.stream_buffer_events == 0,

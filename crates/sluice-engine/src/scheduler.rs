@@ -284,6 +284,8 @@ pub(crate) struct Scheduler {
     sample_at: Vec<(usize, i32)>,
     /// This step's decoding slots; kept to reuse its allocation.
     decoding: Vec<usize>,
+    /// Whether the last step had sequences of more than one tenant.
+    mixed_last_step: bool,
     piece: Vec<u8>,
 }
 
@@ -372,6 +374,7 @@ impl Scheduler {
             next_admission: 0,
             sample_at: Vec::new(),
             decoding: Vec::new(),
+            mixed_last_step: false,
             piece: Vec::with_capacity(64),
         })
     }
@@ -937,8 +940,9 @@ impl Scheduler {
         // the step is no longer than those prompts (measured: filled up with
         // the flood's own prefill it took three times as long).
         self.decoding = decoding;
+        let step_budget = self.tenant_capped_budget();
         let decodes = self.batch.n_tokens() as u32;
-        let mut budget = (self.step_budget() + sat_out)
+        let mut budget = (step_budget + sat_out)
             .saturating_sub(decodes)
             .max(self.config.min_prefill_chunk) as usize;
         prefilling.sort_unstable();
@@ -976,15 +980,34 @@ impl Scheduler {
                 .extend_from_slice(&seq.prompt[seq.prefilled..end]);
             seq.prefilled = end;
         }
-        self.add_prep_chunks();
+        self.add_prep_chunks(step_budget);
+    }
+
+    /// The step budget, capped at `mixed_step_token_budget` while more than
+    /// one tenant has sequences in the engine, in this step or the last
+    /// one (a tenant whose streams just ended may send its next prompt at
+    /// once, into the step being built now).
+    fn tenant_capped_budget(&mut self) -> u32 {
+        let mut tenants = self.slots.iter().flatten().map(|seq| seq.tenant.as_str());
+        let mixed = tenants
+            .next()
+            .is_some_and(|first| tenants.any(|tenant| tenant != first));
+        let capped = mixed || self.mixed_last_step;
+        self.mixed_last_step = mixed;
+        let cap = self.config.mixed_step_token_budget;
+        if capped && cap > 0 {
+            self.step_budget().min(cap)
+        } else {
+            self.step_budget()
+        }
     }
 
     /// Spends what the step leaves of its budget, at most
     /// `prep_tokens_per_step`, on KV preps: those already prefilling first,
     /// then new ones, oldest first. The step thus never grows past a normal
     /// step, and running streams lose nothing.
-    fn add_prep_chunks(&mut self) {
-        let spare = (self.step_budget() as usize).saturating_sub(self.batch.n_tokens() as usize);
+    fn add_prep_chunks(&mut self, step_budget: u32) {
+        let spare = (step_budget as usize).saturating_sub(self.batch.n_tokens() as usize);
         let mut budget = spare.min(self.config.prep_tokens_per_step as usize);
         let mut prepping: Vec<(u64, usize)> = self
             .cached

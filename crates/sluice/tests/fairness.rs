@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use sluice_engine::{
@@ -216,4 +217,57 @@ async fn a_floods_prompt_waits_out_the_step_its_decodes_sit_out() {
         long_prompt.len()
     );
     assert_flood_finishes(readers).await;
+}
+
+/// Mean tokens per engine step while `tenant`'s four long prompts prefill
+/// beside a light tenant's stream that decodes throughout.
+async fn tokens_per_step_beside(tenant: &str) -> f64 {
+    let mut config = common::test_config().engine;
+    config.max_sequences = 8;
+    config.context_per_sequence = 512;
+    config.step_token_budget = 64;
+    config.mixed_step_token_budget = 24;
+    config.min_prefill_chunk = 8;
+    config.prefix_cache = false;
+    let engine = EngineHandle::spawn(EngineOptions {
+        model_path: common::model_path(),
+        chat_template: None,
+        config,
+    });
+    let model = engine.wait_ready().await.unwrap();
+    let mut light = engine
+        .submit(request("light", model.tokenize("Count to ten:", true), 200))
+        .unwrap();
+    assert!(matches!(
+        light.next().await,
+        Some(StreamEvent::Token { .. })
+    ));
+    let stats = engine.stats();
+    let before = (
+        stats.steps_total.load(Ordering::Relaxed),
+        stats.step_tokens_total.load(Ordering::Relaxed),
+    );
+    let mut prompts = Vec::new();
+    for i in 0..4 {
+        let prompt = model.tokenize(&format!("Report {i}: ").repeat(40), true);
+        prompts.push(engine.submit(request(tenant, prompt, 1)).unwrap());
+    }
+    for prompt in prompts {
+        timings(prompt).await;
+    }
+    let steps = stats.steps_total.load(Ordering::Relaxed) - before.0;
+    let tokens = stats.step_tokens_total.load(Ordering::Relaxed) - before.1;
+    tokens as f64 / steps as f64
+}
+
+#[tokio::test]
+async fn steps_shrink_to_the_mixed_budget_while_two_tenants_share_the_engine() {
+    // The light stream keeps the light tenant in the engine: another
+    // tenant's prompts prefill in steps of at most 24 tokens, so a new
+    // light prompt never waits behind a long step. Prompts of the light
+    // tenant's own get the whole 64-token budget.
+    let mixed = tokens_per_step_beside("flood").await;
+    assert!(mixed <= 24.0, "{mixed} tokens per step with two tenants");
+    let single = tokens_per_step_beside("light").await;
+    assert!(single > 48.0, "{single} tokens per step with one tenant");
 }
