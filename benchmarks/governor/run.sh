@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Governor benchmarks: chat-c32 and capacity-c75 with the governor off and on,
 # and the burst-then-idle step profile with the server's limit scraped over
-# time. About an hour on 2 cores for all runs (RUNS picks some). Tenant fairness is fairness.sh.
+# time. About 75 minutes on 2 cores for all runs (RUNS picks some). Tenant fairness is fairness.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/lib.sh
@@ -43,6 +43,7 @@ ALL_RUNS=(
   "capacity-c75-steady-budget-only capacity-c75-steady budget-only sluice:governor_step_token_budget"
   "capacity-c75-steady-governor-on capacity-c75-steady governor-on sluice:governor_active_limit"
   "capacity-c75-steady-governor-slo capacity-c75-steady governor-slo sluice:governor_step_token_budget"
+  "capacity-c75-long-governor-slo capacity-c75-long governor-slo sluice:governor_step_token_budget"
   "burst-then-idle-governor-on burst-then-idle governor-on sluice:governor_active_limit"
 )
 for run in "${ALL_RUNS[@]}"; do
