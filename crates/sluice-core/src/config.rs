@@ -803,6 +803,20 @@ mod tests {
     }
 
     #[test]
+    fn mixed_tenant_step_cap_is_off_or_at_least_a_prefill_chunk() {
+        let parse = |cap: u32| {
+            RuntimeConfig::from_yaml(
+                &format!("engine:\n  mixed_step_token_budget: {cap}\n"),
+                "test",
+            )
+        };
+        assert!(parse(0).is_ok(), "0 turns the cap off");
+        assert!(parse(16).is_ok());
+        let err = parse(8).unwrap_err();
+        assert!(err.to_string().contains("mixed_step_token_budget"), "{err}");
+    }
+
+    #[test]
     fn rules_must_name_existing_tenants_and_flags() {
         let with_rule = |rule: &str| {
             RuntimeConfig::from_yaml(

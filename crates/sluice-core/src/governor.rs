@@ -93,9 +93,9 @@ pub struct GovernorConfig {
     /// The governor sets the engine's step token budget between
     /// `engine.step_token_budget` and `engine.max_step_token_budget`, even
     /// with the adaptive limit off (false: the budget stays at its base).
-    /// Off by default: measured, it halved TTFT p50 at 75 streams but
-    /// stretched inter-token gaps and a light tenant's TTFT beside a flood
-    /// (docs/architecture.md).
+    /// Off by default: at 75 streams it barely moved TTFT (Little's law,
+    /// docs/architecture.md), and a longer step is what every new prompt
+    /// waits behind.
     pub adapt_step_budget: bool,
 }
 

@@ -163,8 +163,10 @@ impl EngineHandle {
                 });
                 match loaded {
                     Ok((model, scheduler)) => {
+                        // Ready before the log line: whoever waits for the
+                        // line (tests, operators) may send a request at once.
+                        status_tx.send_replace(EngineStatus::Ready(Arc::clone(&model)));
                         tracing::info!(?model, "model loaded");
-                        status_tx.send_replace(EngineStatus::Ready(model));
                         scheduler.run(commands);
                     }
                     Err(err) => {

@@ -478,12 +478,14 @@ impl Scheduler {
         self.sample_batch();
         let micros = started.elapsed().as_micros() as u64;
         tracing::debug!(tokens, outputs, micros, "engine step");
+        // The step's count last, so a reader that sees it also sees its
+        // time and tokens.
         let stats = &self.stats;
-        stats.steps_total.fetch_add(1, Ordering::Relaxed);
         stats.step_micros_total.fetch_add(micros, Ordering::Relaxed);
         stats
             .step_tokens_total
             .fetch_add(tokens as u64, Ordering::Relaxed);
+        stats.steps_total.fetch_add(1, Ordering::Release);
         true
     }
 

@@ -70,7 +70,6 @@ fn lock(window: &Mutex<LatencyWindow>) -> std::sync::MutexGuard<'_, LatencyWindo
 
 /// The engine's step counters at one tick, to take the next tick's steps
 /// from.
-#[derive(Default)]
 struct StepCounters {
     steps: u64,
     micros: u64,
@@ -80,7 +79,7 @@ struct StepCounters {
 impl StepCounters {
     fn read(stats: &EngineStats) -> Self {
         Self {
-            steps: stats.steps_total.load(Ordering::Relaxed),
+            steps: stats.steps_total.load(Ordering::Acquire),
             micros: stats.step_micros_total.load(Ordering::Relaxed),
             tokens: stats.step_tokens_total.load(Ordering::Relaxed),
         }
@@ -140,5 +139,32 @@ pub async fn run(
                 state.metrics.governor.observe(&signals, &Decision { limit, ..decision });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_between_two_reads_give_their_mean_time_and_rate() {
+        let first = StepCounters {
+            steps: 10,
+            micros: 5_000_000,
+            tokens: 1_000,
+        };
+        assert_eq!(first.since(&first), None, "no step ended");
+        let later = StepCounters {
+            steps: 12,
+            micros: 6_000_000,
+            tokens: 1_250,
+        };
+        assert_eq!(
+            first.since(&later),
+            Some(StepSample {
+                seconds: 0.5,
+                tokens_per_second: 250.0,
+            })
+        );
     }
 }
