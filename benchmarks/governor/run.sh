@@ -36,6 +36,7 @@ ALL_RUNS=(
   "chat-c32-governor-off chat-c32 governor-off sluice:governor_step_token_budget"
   "chat-c32-budget-only chat-c32 budget-only sluice:governor_step_token_budget"
   "chat-c32-governor-on chat-c32 governor-on sluice:governor_active_limit"
+  "chat-c32-governor-slo chat-c32 governor-slo-c32 sluice:governor_step_token_budget"
   "capacity-c75-governor-off capacity-c75 governor-off sluice:governor_step_token_budget"
   "capacity-c75-budget-only capacity-c75 budget-only sluice:governor_step_token_budget"
   "capacity-c75-governor-on capacity-c75 governor-on sluice:governor_active_limit"
