@@ -14,8 +14,9 @@
 //! - The derivative acts on the measurement, not on the error, so changing a
 //!   target at run time does not kick the output.
 //! - Anti-windup: the integral is clamped so `ki * integral` stays in
-//!   `[0, 1]` and grows only up to the point where the output saturates;
-//!   after load drops it drains within a few seconds.
+//!   `[0, 1]` and grows only up to the point where the output saturates —
+//!   full pressure, or the pressure that puts the limit one step below the
+//!   running streams (below); after load drops it drains within seconds.
 //! - The PID sees the error through a first-order filter (`ERROR_SMOOTHING`),
 //!   the limit moves at most `max_step` streams per tick and ignores changes
 //!   under `HYSTERESIS` streams: noisy windows do not make it chatter.
@@ -49,9 +50,9 @@
 //!
 //! A lower limit evicts no running stream, so with more streams running than
 //! the limit its effect shows only as they finish. The limit therefore never
-//! falls more than `max_step` below the streams running, and the integral
-//! does not wind up while it is held there: a cold burst the controller
-//! cannot help makes it shed load as streams end, not slam to its floor.
+//! falls more than `max_step` below the streams running, and the output
+//! saturates there (anti-windup above): a cold burst the controller cannot
+//! help makes it shed load as streams end, not slam to its floor.
 
 use serde::{Deserialize, Serialize};
 
@@ -217,25 +218,34 @@ impl LimitController {
         self.filtered_error = Some(filtered);
         let p = config.kp * filtered;
         let d = config.kd * derivative;
+        let span = f64::from(config.max_streams - config.min_streams);
+        let step_down = i64::from(config.max_step);
+        // A limit below the running streams bites only as they end, so it
+        // never goes more than one step below them; the pressure that puts
+        // it there is where the output saturates.
+        let floor = (signals.active as i64 - step_down)
+            .clamp(i64::from(config.min_streams), i64::from(config.max_streams));
+        let saturation = if span > 0.0 {
+            (f64::from(config.max_streams) - floor as f64) / span
+        } else {
+            1.0
+        };
         let integral_max = if config.ki > 0.0 {
             1.0 / config.ki
         } else {
             0.0
         };
         let mut integral = (self.integral + filtered * dt).clamp(0.0, integral_max);
-        if filtered > 0.0 && config.ki > 0.0 && p + config.ki * integral + d > 1.0 {
+        if filtered > 0.0 && config.ki > 0.0 && p + config.ki * integral + d > saturation {
             // Anti-windup: integrate up to the point where the output
             // saturates, never beyond it.
-            let at_saturation = ((1.0 - p - d) / config.ki).clamp(0.0, integral_max);
+            let at_saturation = ((saturation - p - d) / config.ki).clamp(0.0, integral_max);
             integral = integral.min(self.integral.max(at_saturation));
         }
-        let previous_integral = self.integral;
         self.integral = integral;
         let i = config.ki * self.integral;
-        let pressure = (p + i + d).clamp(0.0, 1.0);
-        let span = f64::from(config.max_streams - config.min_streams);
+        let pressure = (p + i + d).clamp(0.0, saturation);
         let wanted = (f64::from(config.max_streams) - pressure * span).round() as i64;
-        let step_down = i64::from(config.max_step);
         let step_up = if signals.queue_depth == 0 {
             step_down
         } else if signals.awaiting_first_token > config.max_step as usize {
@@ -251,12 +261,6 @@ impl LimitController {
         } else {
             wanted
         };
-        // A limit below the running streams bites only as they end: never
-        // more than one step below them, and no winding up while held there.
-        let floor = (signals.active as i64 - step_down).max(i64::from(config.min_streams));
-        if wanted < floor && self.integral > previous_integral {
-            self.integral = previous_integral;
-        }
         let next = wanted
             .clamp(current - step_down, current + step_up)
             .max(floor.min(current))
