@@ -9,6 +9,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use sluice_core::config::EngineConfig;
 use sluice_engine::{
     EngineHandle, EngineOptions, EngineTimings, GenerationRequest, GenerationStream, LoadedModel,
     SamplingParams, StreamEvent,
@@ -31,18 +32,25 @@ fn request(tenant: &str, prompt_tokens: Vec<i32>, max_tokens: u32) -> Generation
     }
 }
 
-#[tokio::test]
-async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
+/// An engine on the test model with the test config, adjusted by `adjust`.
+fn spawn_engine(adjust: impl FnOnce(&mut EngineConfig)) -> EngineHandle {
     let mut config = common::test_config().engine;
-    config.max_sequences = 12;
-    config.context_per_sequence = 512;
-    // A small budget: each flood prompt takes many steps to prefill.
-    config.step_token_budget = 32;
-    config.min_prefill_chunk = 16;
-    let engine = EngineHandle::spawn(EngineOptions {
+    adjust(&mut config);
+    EngineHandle::spawn(EngineOptions {
         model_path: common::model_path(),
         chat_template: None,
         config,
+    })
+}
+
+#[tokio::test]
+async fn a_light_tenant_is_prefilled_before_a_floods_backlog() {
+    let engine = spawn_engine(|config| {
+        config.max_sequences = 12;
+        config.context_per_sequence = 512;
+        // A small budget: each flood prompt takes many steps to prefill.
+        config.step_token_budget = 32;
+        config.min_prefill_chunk = 16;
     });
     let model = engine.wait_ready().await.unwrap();
     let request = |tenant: &str, prompt: String| request(tenant, model.tokenize(&prompt, true), 2);
@@ -90,16 +98,12 @@ const FLOOD: usize = 20;
 const FLOOD_TOKENS: u32 = 120;
 
 fn sit_out_engine() -> EngineHandle {
-    let mut config = common::test_config().engine;
-    config.max_sequences = 24;
-    config.context_per_sequence = 512;
-    config.step_token_budget = BUDGET as u32;
-    config.min_prefill_chunk = 8;
-    config.prefix_cache = false;
-    EngineHandle::spawn(EngineOptions {
-        model_path: common::model_path(),
-        chat_template: None,
-        config,
+    spawn_engine(|config| {
+        config.max_sequences = 24;
+        config.context_per_sequence = 512;
+        config.step_token_budget = BUDGET as u32;
+        config.min_prefill_chunk = 8;
+        config.prefix_cache = false;
     })
 }
 
@@ -222,17 +226,13 @@ async fn a_floods_prompt_waits_out_the_step_its_decodes_sit_out() {
 /// Mean tokens per engine step while `tenant`'s four long prompts prefill
 /// beside a light tenant's stream that decodes throughout.
 async fn tokens_per_step_beside(tenant: &str) -> f64 {
-    let mut config = common::test_config().engine;
-    config.max_sequences = 8;
-    config.context_per_sequence = 512;
-    config.step_token_budget = 64;
-    config.mixed_step_token_budget = 24;
-    config.min_prefill_chunk = 8;
-    config.prefix_cache = false;
-    let engine = EngineHandle::spawn(EngineOptions {
-        model_path: common::model_path(),
-        chat_template: None,
-        config,
+    let engine = spawn_engine(|config| {
+        config.max_sequences = 8;
+        config.context_per_sequence = 512;
+        config.step_token_budget = 64;
+        config.mixed_step_token_budget = 24;
+        config.min_prefill_chunk = 8;
+        config.prefix_cache = false;
     });
     let model = engine.wait_ready().await.unwrap();
     let mut light = engine
