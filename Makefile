@@ -16,6 +16,7 @@ serve: setup
 test:
 	scripts/setup.sh --test
 	$(CARGO) fmt --all -- --check
+	python3 scripts/check_layers.py
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release --workspace
 

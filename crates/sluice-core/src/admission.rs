@@ -228,11 +228,7 @@ impl Admission {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent at every await-free step; a panic
-        // elsewhere must not take admission down with it.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     pub fn snapshot(&self) -> AdmissionSnapshot {

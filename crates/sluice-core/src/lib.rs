@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod clock;
 pub mod config;
 pub mod flags;
 pub mod governor;
@@ -12,4 +13,5 @@ pub mod rate;
 pub mod registry;
 pub mod sketch;
 pub mod speculation;
+pub mod sync;
 pub mod window;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use crate::admission::{Admission, Permit, Rejection};
+use crate::sync::lock;
 
 /// Where a live stream is in its lifecycle; stages only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -237,9 +238,7 @@ impl Record {
     }
 
     fn permit(&self) -> MutexGuard<'_, Option<Permit>> {
-        self.permit
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.permit)
     }
 }
 
@@ -254,11 +253,7 @@ impl StreamRegistry {
     }
 
     fn records(&self) -> MutexGuard<'_, Records> {
-        // Every update leaves the map consistent; a panic elsewhere must not
-        // take the registry down with it.
-        self.records
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.records)
     }
 
     /// Registers a stream. After [`close`](Self::close) it is born ended

@@ -119,6 +119,14 @@ impl GenerationStream {
     pub fn try_next(&mut self) -> Option<StreamEvent> {
         self.events.try_recv().ok()
     }
+
+    /// A stream fed by a script instead of the engine, for deterministic
+    /// unit tests of the layers above: it yields what is sent on the
+    /// returned sender and ends when the sender is dropped.
+    pub fn scripted(capacity: usize) -> (mpsc::Sender<StreamEvent>, Self) {
+        let (events_tx, events) = mpsc::channel(capacity.max(1));
+        (events_tx, Self { events })
+    }
 }
 
 /// A KV prep in the engine: while it lives, the engine may prefill the

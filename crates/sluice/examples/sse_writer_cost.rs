@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use sluice::api::sse::{ChunkFramer, Endpoint, Framing};
+use sluice::openai::framing::{ChunkFramer, Framing};
+use sluice::pipeline::Endpoint;
 
 struct CountingAllocator;
 

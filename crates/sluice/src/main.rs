@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 use sluice_core::config::RuntimeConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -132,7 +132,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Err(err) => err,
         }
     };
-    let reloads = reload_on_sighup(&server, &args, config);
+    let reloads = reload_on_sighup(&server, &args);
     let outcome = tokio::select! {
         () = shutdown_signal() => Ok(()),
         err = load_failure => Err(err.to_string()),
@@ -148,7 +148,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 /// On SIGHUP, reads the config file again and applies what can change at
 /// run time; a file that fails to parse or validate changes nothing.
-async fn reload_on_sighup(server: &RunningServer, args: &ServeArgs, mut current: RuntimeConfig) {
+async fn reload_on_sighup(server: &RunningServer, args: &ServeArgs) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
     while hangup.recv().await.is_some() {
@@ -158,9 +158,8 @@ async fn reload_on_sighup(server: &RunningServer, args: &ServeArgs, mut current:
         }
         match load_config(args) {
             Ok(next) => {
-                let needs_restart = server.reload(&current, &next);
+                let needs_restart = server.reload(&next);
                 tracing::info!(?needs_restart, "SIGHUP: reloaded flags and protocol mode");
-                current = next;
             }
             Err(err) => tracing::error!(%err, "SIGHUP: config not reloaded"),
         }

@@ -7,7 +7,6 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,31 +25,11 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::control::ProtocolMode;
+
 /// Longest a TLS handshake may take before the connection is dropped, so a
 /// client that opens sockets and sends nothing cannot pin tasks.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What protocols new connections are offered. Shared with the admin API.
-#[derive(Debug)]
-pub struct ProtocolMode {
-    http2: AtomicBool,
-}
-
-impl ProtocolMode {
-    pub fn new(http2: bool) -> Self {
-        Self {
-            http2: AtomicBool::new(http2),
-        }
-    }
-
-    pub fn http2_enabled(&self) -> bool {
-        self.http2.load(Ordering::Relaxed)
-    }
-
-    pub fn set_http2(&self, enabled: bool) {
-        self.http2.store(enabled, Ordering::Relaxed);
-    }
-}
 
 /// TLS server configurations: one offering h2 and http/1.1 by ALPN, one
 /// offering only http/1.1 for when HTTP/2 is switched off.

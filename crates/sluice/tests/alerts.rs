@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use serde_json::{Value, json};
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 use sluice_core::config::{RuntimeConfig, WebhookConfig};
 use tokio::net::TcpListener;
 

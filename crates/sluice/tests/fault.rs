@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 
 const ADMIN_KEY: &str = "admin-key-for-fault-tests";
 const STALL: Duration = Duration::from_secs(3);

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 use sluice_core::policy::{Action, Comparison, Indicator, Rule, Scope};
 
 const ADMIN_KEY: &str = "qos-admin-key-0123456789";

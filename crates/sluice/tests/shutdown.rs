@@ -5,7 +5,7 @@ mod common;
 
 use futures::StreamExt;
 use serde_json::json;
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 
 #[tokio::test]
 async fn shutdown_ends_running_streams_cleanly_after_the_grace_period() {

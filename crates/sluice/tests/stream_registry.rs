@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 use sluice_core::registry::EndReason;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -191,7 +191,8 @@ async fn shutdown_ends_live_streams_as_shutdown_and_returns_their_permits() {
     config.governor.max_streams = 2;
     let server = RunningServer::start(&config, None).await.unwrap();
     server.engine().wait_ready().await.unwrap();
-    let state = Arc::clone(&server.state);
+    let streams = Arc::clone(server.pipeline.streams());
+    let admission = Arc::clone(&server.admission);
     let response = common::client()
         .post(format!("http://{}/v1/completions", server.local_addr))
         .json(&long_completion(true))
@@ -200,15 +201,15 @@ async fn shutdown_ends_live_streams_as_shutdown_and_returns_their_permits() {
         .unwrap();
     let mut body = response.bytes_stream();
     body.next().await.unwrap().unwrap();
-    assert_eq!(state.streams.counts().active(), 1);
+    assert_eq!(streams.counts().active(), 1);
 
     server.shutdown();
     while let Some(chunk) = body.next().await {
         chunk.unwrap();
     }
-    let counts = state.streams.counts();
+    let counts = streams.counts();
     assert_eq!(counts.ended_with(EndReason::Shutdown), 1, "{counts:?}");
     assert_eq!(counts.active(), 0);
-    assert_eq!(state.admission.snapshot().active, 0);
+    assert_eq!(admission.snapshot().active, 0);
     server.wait().await.unwrap();
 }

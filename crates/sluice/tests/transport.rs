@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{ENGINE_EXCLUSIVE, metric, parse_stream, server};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 use sluice_core::config::TlsConfig;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 use sluice_core::config::RuntimeConfig;
 
 fn model_path() -> PathBuf {

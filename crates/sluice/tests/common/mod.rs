@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice::server::RunningServer;
+use sluice::app::RunningServer;
 use sluice_core::config::RuntimeConfig;
 use tokio::sync::RwLock;
 

@@ -11,14 +11,52 @@ use sluice_core::flags::Cohort;
 use sluice_core::registry::{EndReason, Stage, StreamHandle};
 use sluice_engine::{EngineTimings, FinishReason, Usage};
 
-use crate::api::sse::Endpoint;
-use crate::governor::{AwaitingFirstToken, LatencyWindows};
-use crate::metrics::{Metrics, QosTags};
+use super::latency::{AwaitingFirstToken, LatencyWindows};
+use super::metrics::Metrics;
+use super::qos_window::QosTags;
+
+/// How a request ended, as metrics and the request log count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The engine finished it: `stop` or `length`.
+    Finished(FinishReason),
+    /// Its client left.
+    Cancelled,
+    /// Its client stopped reading and the server ended it.
+    SlowConsumer,
+    /// The engine failed it.
+    EngineError,
+    /// The shutdown grace period ended it.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Finished(reason) => reason.as_str(),
+            Self::Cancelled => "cancelled",
+            Self::SlowConsumer => "slow_consumer",
+            Self::EngineError => "engine_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    /// The server failed the request (an SLO error).
+    pub fn is_server_error(self) -> bool {
+        self == Self::EngineError
+    }
+
+    /// The server, not the client, cut the request short.
+    pub fn is_infrastructure_cancellation(self) -> bool {
+        matches!(self, Self::EngineError | Self::Shutdown)
+    }
+}
 
 /// What a request is, for its observer; who it is and when it got where
 /// are in its stream handle.
 pub struct RequestInfo {
-    pub endpoint: Endpoint,
+    /// `chat` or `completion`, for the log line.
+    pub endpoint: &'static str,
     pub prompt_tokens: usize,
     /// The feature-flag cohorts the request is in, by flag name.
     pub cohorts: Vec<(&'static str, Cohort)>,
@@ -33,7 +71,7 @@ pub struct RequestObserver {
     metrics: Arc<Metrics>,
     latency: Arc<LatencyWindows>,
     stream: StreamHandle,
-    endpoint: Endpoint,
+    endpoint: &'static str,
     /// When admission granted the stream its permit (or, for an answer that
     /// needed none, when it started).
     admitted_at: Instant,
@@ -47,7 +85,7 @@ pub struct RequestObserver {
     /// The engine's account, once the request finished there.
     engine_timings: Option<EngineTimings>,
     /// How the request ended; `None` until it has.
-    outcome: Option<&'static str>,
+    outcome: Option<Outcome>,
 }
 
 impl RequestObserver {
@@ -124,7 +162,7 @@ impl RequestObserver {
             .inc_by(u64::from(usage.prompt_tokens));
         self.metrics
             .count_output_tokens(usage.completion_tokens, &self.qos);
-        self.outcome = Some(reason.as_str());
+        self.outcome = Some(Outcome::Finished(reason));
         self.stream.end(EndReason::Completed);
     }
 
@@ -132,8 +170,9 @@ impl RequestObserver {
     /// or `SlowConsumer`.
     pub fn fail(&mut self, reason: EndReason) {
         self.outcome = Some(match reason {
-            EndReason::Failed => "engine_error",
-            other => other.as_str(),
+            EndReason::Shutdown => Outcome::Shutdown,
+            EndReason::SlowConsumer => Outcome::SlowConsumer,
+            _ => Outcome::EngineError,
         });
         self.stream.end(reason);
     }
@@ -155,7 +194,7 @@ impl std::fmt::Display for CohortList<'_> {
 impl Drop for RequestObserver {
     fn drop(&mut self) {
         // A request dropped before it ended was abandoned by its client.
-        let outcome = self.outcome.unwrap_or("cancelled");
+        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
         self.stream.end(EndReason::Disconnected);
         let end = self.stream.end_reason().unwrap_or(EndReason::Disconnected);
         let e2e = self.stream.arrived_at().elapsed();
@@ -179,7 +218,7 @@ impl Drop for RequestObserver {
             id = %self.stream.request_id(),
             tenant = %self.stream.tenant(),
             protocol = self.stream.protocol().as_str(),
-            endpoint = self.endpoint.as_str(),
+            endpoint = self.endpoint,
             cohorts = %CohortList(&self.cohorts),
             prompt_tokens = self.prompt_tokens,
             completion_tokens = self.completion_tokens,
@@ -192,7 +231,7 @@ impl Drop for RequestObserver {
             queue_ms = self.engine_timings.map(|engine| engine.queue.as_millis()),
             prefill_steps = self.engine_timings.map(|engine| engine.prefill_steps),
             e2e_ms = e2e.as_millis(),
-            outcome,
+            outcome = outcome.as_str(),
             end = end.as_str(),
             "request"
         );

@@ -1,6 +1,6 @@
-//! OpenAI request schema and its validation. Unknown fields are ignored, as
-//! OpenAI's own server does; known fields are range-checked and every failure
-//! names the parameter.
+//! OpenAI request schema and its validation, into the pipeline's
+//! [`Request`]. Unknown fields are ignored, as OpenAI's own server does;
+//! known fields are range-checked and every failure names the parameter.
 
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use sluice_core::config::ServerConfig;
 use sluice_engine::{ChatMessage, SamplingParams};
 
 use super::error::ApiError;
+use crate::pipeline::{Endpoint, GenerationParams, Prompt, Request};
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -97,19 +98,6 @@ pub struct CompletionRequest {
     pub common: CommonParams,
 }
 
-/// A request that passed validation, ready to tokenize.
-#[derive(Debug)]
-pub struct ValidatedParams {
-    pub stream: bool,
-    pub include_usage: bool,
-    /// None: generate until the sequence's context is full.
-    pub max_tokens: Option<u32>,
-    pub stop: Vec<String>,
-    pub ignore_eos: bool,
-    pub sampling: SamplingParams,
-    pub arrived_at: Instant,
-}
-
 /// Parses a request body into a JSON object.
 pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
@@ -175,13 +163,43 @@ impl CommonParams {
         served_model: &str,
         limits: &ServerConfig,
         arrived_at: Instant,
-    ) -> Result<ValidatedParams, ApiError> {
+    ) -> Result<GenerationParams, ApiError> {
+        self.check_model(served_model)?;
+        self.check_sampling()?;
+        let max_tokens = self.max_tokens()?;
+        self.check_unsupported()?;
+        let stop = self.stop_sequences(limits)?;
+        if self.stream_options.is_some() && !self.stream {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "'stream_options' is only allowed when 'stream' is true.",
+            ));
+        }
+        Ok(GenerationParams {
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+            max_tokens,
+            stop,
+            ignore_eos: self.ignore_eos,
+            sampling: self.sampling(),
+            arrived_at,
+        })
+    }
+
+    fn check_model(&self, served_model: &str) -> Result<(), ApiError> {
         if self.model.is_empty() {
             return Err(ApiError::invalid("model", "'model' must not be empty."));
         }
         if self.model != served_model {
             return Err(ApiError::model_not_found(&self.model, served_model));
         }
+        Ok(())
+    }
+
+    fn check_sampling(&self) -> Result<(), ApiError> {
         check_range("temperature", self.temperature, 0.0, 2.0)?;
         check_range("top_p", self.top_p, 0.0, 1.0)?;
         if self.top_p == Some(0.0) {
@@ -202,21 +220,28 @@ impl CommonParams {
                 format!("'top_k' must be -1 (disabled) or at least 0, got {k}."),
             ));
         }
+        Ok(())
+    }
+
+    /// `max_completion_tokens`, else `max_tokens`, else none.
+    fn max_tokens(&self) -> Result<Option<u32>, ApiError> {
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(v), _) => Some(("max_completion_tokens", v)),
             (None, Some(v)) => Some(("max_tokens", v)),
             (None, None) => None,
         };
-        let max_tokens = match max_tokens {
-            Some((param, v)) if v < 1 || v > i64::from(u32::MAX) => {
-                return Err(ApiError::invalid(
-                    param,
-                    format!("'{param}' must be at least 1, got {v}."),
-                ));
-            }
-            Some((_, v)) => Some(v as u32),
-            None => None,
-        };
+        match max_tokens {
+            Some((param, v)) if v < 1 || v > i64::from(u32::MAX) => Err(ApiError::invalid(
+                param,
+                format!("'{param}' must be at least 1, got {v}."),
+            )),
+            Some((_, v)) => Ok(Some(v as u32)),
+            None => Ok(None),
+        }
+    }
+
+    /// Fields OpenAI accepts that this server does not implement.
+    fn check_unsupported(&self) -> Result<(), ApiError> {
         if let Some(n) = self.n
             && n != 1
         {
@@ -233,14 +258,14 @@ impl CommonParams {
         if self.echo == Some(true) {
             return Err(unsupported("echo", "the prompt is not echoed"));
         }
-        match &self.logprobs {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(_) => {
-                return Err(unsupported(
-                    "logprobs",
-                    "log probabilities are not returned",
-                ));
-            }
+        if !matches!(
+            &self.logprobs,
+            None | Some(Value::Null) | Some(Value::Bool(false))
+        ) {
+            return Err(unsupported(
+                "logprobs",
+                "log probabilities are not returned",
+            ));
         }
         match &self.tools {
             None | Some(Value::Null) => {}
@@ -256,6 +281,10 @@ impl CommonParams {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn stop_sequences(&self, limits: &ServerConfig) -> Result<Vec<String>, ApiError> {
         let stop = match &self.stop {
             None => Vec::new(),
             Some(OneOrMany::One(stop)) => vec![stop.clone()],
@@ -281,37 +310,50 @@ impl CommonParams {
                 ),
             ));
         }
-        if self.stream_options.is_some() && !self.stream {
-            return Err(ApiError::invalid(
-                "stream_options",
-                "'stream_options' is only allowed when 'stream' is true.",
-            ));
-        }
-        let defaults = SamplingParams::default();
-        Ok(ValidatedParams {
-            stream: self.stream,
-            include_usage: self
-                .stream_options
-                .as_ref()
-                .is_some_and(|o| o.include_usage),
-            max_tokens,
-            stop,
-            ignore_eos: self.ignore_eos,
-            sampling: SamplingParams {
-                temperature: self.temperature.unwrap_or(defaults.temperature),
-                top_p: self.top_p.unwrap_or(defaults.top_p),
-                top_k: self.top_k.unwrap_or(defaults.top_k).max(0),
-                min_p: self.min_p.unwrap_or(defaults.min_p),
-                seed: self.seed.map(|seed| seed as u64),
-                repetition_penalty: self
-                    .repetition_penalty
-                    .unwrap_or(defaults.repetition_penalty),
-                presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
-                frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
-            },
-            arrived_at,
-        })
+        Ok(stop)
     }
+
+    /// The requested sampling, with the engine's defaults for what is unset.
+    fn sampling(&self) -> SamplingParams {
+        let defaults = SamplingParams::default();
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            top_k: self.top_k.unwrap_or(defaults.top_k).max(0),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            seed: self.seed.map(|seed| seed as u64),
+            repetition_penalty: self
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+        }
+    }
+}
+
+/// Parses and validates a chat or text completion body into the
+/// pipeline's request.
+pub fn parse_request(
+    endpoint: Endpoint,
+    body: &[u8],
+    served_model: &str,
+    limits: &ServerConfig,
+    arrived_at: Instant,
+) -> Result<Request, ApiError> {
+    let (common, prompt) = match endpoint {
+        Endpoint::Chat => {
+            let request = ChatCompletionRequest::parse(body)?;
+            let messages = request.chat_messages()?;
+            (request.common, Prompt::Chat(messages))
+        }
+        Endpoint::Completion => {
+            let request = CompletionRequest::parse(body)?;
+            let prompt = request.prompt_text()?.to_owned();
+            (request.common, Prompt::Text(prompt))
+        }
+    };
+    let params = common.validate(served_model, limits, arrived_at)?;
+    Ok(Request { prompt, params })
 }
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
@@ -414,7 +456,7 @@ impl CompletionRequest {
 mod tests {
     use super::*;
 
-    fn validate(json: &str) -> Result<ValidatedParams, ApiError> {
+    fn validate(json: &str) -> Result<GenerationParams, ApiError> {
         let request = ChatCompletionRequest::parse(json.as_bytes())?;
         request.chat_messages()?;
         request

@@ -1,39 +1,20 @@
-//! Frames engine events as OpenAI streaming chunks. The JSON around the
-//! token text is serialised once per stream; per token only the text is
-//! escaped into the output buffer.
+//! OpenAI's streaming chunks, framed for SSE or a WebSocket: what every
+//! writer puts on the wire. The JSON around the token text is serialised
+//! once per stream; per token only the text is escaped into the output
+//! buffer.
 
 use bytes::{BufMut, BytesMut};
 use sluice_engine::{FinishReason, Usage};
 
 use super::error::ApiError;
+use crate::pipeline::Endpoint;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completion,
-}
-
-impl Endpoint {
-    pub fn object(self, streaming: bool) -> &'static str {
-        match (self, streaming) {
-            (Self::Chat, true) => "chat.completion.chunk",
-            (Self::Chat, false) => "chat.completion",
-            (Self::Completion, _) => "text_completion",
-        }
-    }
-
-    pub fn id_prefix(self) -> &'static str {
-        match self {
-            Self::Chat => "chatcmpl-",
-            Self::Completion => "cmpl-",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Chat => "chat",
-            Self::Completion => "completion",
-        }
+/// The OpenAI `object` name of a response or chunk.
+pub fn object_name(endpoint: Endpoint, streaming: bool) -> &'static str {
+    match (endpoint, streaming) {
+        (Endpoint::Chat, true) => "chat.completion.chunk",
+        (Endpoint::Chat, false) => "chat.completion",
+        (Endpoint::Completion, _) => "text_completion",
     }
 }
 
@@ -57,10 +38,10 @@ pub struct ChunkFramer {
     choice_tail: String,
     /// Opens any other payload: `data: ` or the WebSocket message head.
     frame_head: String,
-    frame_tail: &'static [u8],
+    frame_tail: &'static str,
     done: String,
-    /// `{"type":"error","id":…,"error":` for WebSocket framing.
-    error_head: Option<String>,
+    /// The client's stream id, for WebSocket framing's error messages.
+    ws_stream_id: Option<String>,
     /// `stream_options.include_usage`: a usage chunk before the end.
     include_usage: bool,
 }
@@ -77,29 +58,27 @@ impl ChunkFramer {
         let envelope = format!(
             "{{\"id\":{},\"object\":\"{}\",\"created\":{created},\"model\":{}",
             json_string(id),
-            endpoint.object(true),
+            object_name(endpoint, true),
             json_string(model)
         );
-        let (frame_head, frame_tail, done, error_head): (String, &[u8], String, _) = match &framing
-        {
-            Framing::Sse => (
-                "data: ".to_owned(),
-                b"\n\n",
-                "data: [DONE]\n\n".to_owned(),
-                None,
-            ),
-            Framing::WebSocket { stream_id } => {
-                let stream_id = json_string(stream_id);
-                (
-                    format!("{{\"type\":\"chunk\",\"id\":{stream_id},\"data\":"),
-                    b"}",
-                    format!("{{\"type\":\"done\",\"id\":{stream_id}}}"),
-                    Some(format!(
-                        "{{\"type\":\"error\",\"id\":{stream_id},\"error\":"
-                    )),
-                )
-            }
-        };
+        let (frame_head, frame_tail, done, ws_stream_id): (String, &str, String, Option<String>) =
+            match &framing {
+                Framing::Sse => (
+                    "data: ".to_owned(),
+                    "\n\n",
+                    "data: [DONE]\n\n".to_owned(),
+                    None,
+                ),
+                Framing::WebSocket { stream_id } => {
+                    let quoted_id = json_string(stream_id);
+                    (
+                        format!("{{\"type\":\"chunk\",\"id\":{quoted_id},\"data\":"),
+                        "}",
+                        format!("{{\"type\":\"done\",\"id\":{quoted_id}}}"),
+                        Some(stream_id.clone()),
+                    )
+                }
+            };
         let choice_head = format!("{frame_head}{envelope},\"choices\":[{{\"index\":0,");
         let choice_tail = format!(
             "{}{}",
@@ -108,7 +87,7 @@ impl ChunkFramer {
             } else {
                 "}]}"
             },
-            std::str::from_utf8(frame_tail).expect("frame tails are ASCII")
+            frame_tail
         );
         Self {
             endpoint,
@@ -118,7 +97,7 @@ impl ChunkFramer {
             frame_head,
             frame_tail,
             done,
-            error_head,
+            ws_stream_id,
             include_usage,
         }
     }
@@ -170,37 +149,48 @@ impl ChunkFramer {
         out.put_slice(b",\"choices\":[],\"usage\":");
         out.put_slice(usage_json(usage).to_string().as_bytes());
         out.put_u8(b'}');
-        out.put_slice(self.frame_tail);
+        out.put_slice(self.frame_tail.as_bytes());
     }
 
     pub fn done(&self, out: &mut BytesMut) {
         out.put_slice(self.done.as_bytes());
     }
 
-    /// The last choice chunk, then the usage chunk if asked for, then `[DONE]`.
-    pub fn finish(&self, reason: FinishReason, usage: Usage, out: &mut BytesMut) {
-        self.finish_chunk(reason, out);
+    /// The frames that end a finished stream, each whole: the last choice
+    /// chunk, the usage chunk if asked for, then the end marker (`[DONE]`
+    /// or the WebSocket `done` message).
+    pub fn finish_frames(&self, reason: FinishReason, usage: Usage) -> Vec<BytesMut> {
+        let mut frames = vec![BytesMut::new()];
+        self.finish_chunk(reason, &mut frames[0]);
         if self.include_usage {
-            self.usage_chunk(usage, out);
+            let mut usage_frame = BytesMut::new();
+            self.usage_chunk(usage, &mut usage_frame);
+            frames.push(usage_frame);
         }
-        self.done(out);
+        let mut done = BytesMut::new();
+        self.done(&mut done);
+        frames.push(done);
+        frames
+    }
+
+    /// [`Self::finish_frames`] written one after another into `out`.
+    pub fn finish(&self, reason: FinishReason, usage: Usage, out: &mut BytesMut) {
+        for frame in self.finish_frames(reason, usage) {
+            out.extend_from_slice(&frame);
+        }
     }
 
     /// An error that ends the stream: over SSE an error payload, then
     /// `[DONE]`; over a WebSocket one error message for the stream.
     pub fn error(&self, error: &ApiError, out: &mut BytesMut) {
-        match &self.error_head {
+        match &self.ws_stream_id {
             None => {
                 out.put_slice(b"data: ");
                 out.put_slice(error.to_json().as_bytes());
                 out.put_slice(b"\n\n");
                 out.put_slice(self.done.as_bytes());
             }
-            Some(head) => {
-                out.put_slice(head.as_bytes());
-                out.put_slice(error.object_json().as_bytes());
-                out.put_u8(b'}');
-            }
+            Some(stream_id) => out.put_slice(ws_error(Some(stream_id), error).as_bytes()),
         }
     }
 }
@@ -214,12 +204,24 @@ pub fn usage_json(usage: Usage) -> serde_json::Value {
     })
 }
 
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).expect("strings serialize")
+/// A WebSocket error message for stream `id` (null: the message that
+/// failed named no stream, or no valid one).
+pub fn ws_error(id: Option<&str>, error: &ApiError) -> String {
+    let id = id.map_or_else(|| "null".to_owned(), json_string);
+    format!(
+        "{{\"type\":\"error\",\"id\":{id},\"error\":{}}}",
+        error.object_json()
+    )
+}
+
+/// A string as a JSON string literal. Serializing a `str` cannot fail.
+pub fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
 }
 
 fn write_json_string(text: &str, out: &mut BytesMut) {
-    serde_json::to_writer(out.writer(), text).expect("writing to memory cannot fail");
+    // Writing a `str` into memory cannot fail.
+    let _ = serde_json::to_writer(out.writer(), text);
 }
 
 #[cfg(test)]

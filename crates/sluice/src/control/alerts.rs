@@ -11,22 +11,24 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use axum::http::{HeaderValue, Request, StatusCode, Uri};
 use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Request, StatusCode, Uri};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use sluice_core::clock::unix_millis;
 use sluice_core::config::{AlertsConfig, WebhookConfig};
 use sluice_core::policy::{Indicator, Scope};
+use sluice_core::sync::lock;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 
-use crate::metrics::AlertMetrics;
+use crate::telemetry::AlertMetrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,7 +116,7 @@ impl Alert {
             ),
             evidence: Some(evidence),
             action: None,
-            timestamp_unix_ms: unix_ms(),
+            timestamp_unix_ms: unix_millis(),
         }
     }
 
@@ -130,7 +132,7 @@ impl Alert {
                 action: action.to_owned(),
                 result: result.to_owned(),
             }),
-            timestamp_unix_ms: unix_ms(),
+            timestamp_unix_ms: unix_millis(),
         }
     }
 
@@ -150,7 +152,7 @@ impl Alert {
                 action: action.to_owned(),
                 result: "breaker open".to_owned(),
             }),
-            timestamp_unix_ms: unix_ms(),
+            timestamp_unix_ms: unix_millis(),
         }
     }
 }
@@ -160,14 +162,6 @@ fn indicator_name(indicator: Indicator) -> String {
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("{indicator:?}"))
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 /// Raises alerts: logs them, deduplicates by key, queues them for the
@@ -228,10 +222,7 @@ impl Alerter {
     /// its key stays free so the next window raises it again.
     pub fn notify(&self, alert: Alert) {
         let now = Instant::now();
-        let mut raised = self
-            .raised
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut raised = lock(&self.raised);
         raised.retain(|_, at| now.duration_since(*at) < self.dedup_window);
         if raised.contains_key(&alert.key) {
             self.metrics.deduplicated.inc();
@@ -331,7 +322,7 @@ trait Transport: Send + Sync + 'static {
 /// HTTP/1.1 through hyper-util's pooled client (already in the tree for
 /// the server).
 struct HttpTransport {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl HttpTransport {
@@ -356,7 +347,7 @@ impl Transport for HttpTransport {
         if let Some(authorization) = &webhook.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
-        let request = request.body(Body::from(body));
+        let request = request.body(Full::new(body));
         let client = self.client.clone();
         async move {
             let request = request.map_err(|err| err.to_string())?;

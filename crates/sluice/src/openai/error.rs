@@ -1,9 +1,16 @@
-//! The one place where failures become HTTP responses in OpenAI's error
-//! shape: `{"error": {"message", "type", "param", "code"}}`.
+//! The one place where failures get their HTTP status and OpenAI's error
+//! shape, `{"error": {"message", "type", "param", "code"}}`: every
+//! transport (HTTP response, SSE error event, WebSocket error message)
+//! shows the same `ApiError` for the same [`PipelineError`].
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+use http::StatusCode;
 use serde::Serialize;
+use sluice_core::admission::Rejection;
+use sluice_engine::EngineError;
+
+use crate::pipeline::PipelineError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -21,7 +28,7 @@ struct ErrorBody<'a> {
 }
 
 #[derive(Serialize)]
-pub(crate) struct ErrorObject<'a> {
+struct ErrorObject<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
@@ -148,7 +155,7 @@ impl ApiError {
 
     /// The client did not read a stream for `limit` (`engine.max_park_ms`),
     /// so the server ended it; sent as the stream's last event.
-    pub fn slow_consumer(limit: std::time::Duration) -> Self {
+    pub fn slow_consumer(limit: Duration) -> Self {
         Self {
             code: Some("stream_not_read"),
             ..Self::new(
@@ -166,7 +173,7 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
-    pub(crate) fn object(&self) -> ErrorObject<'_> {
+    fn object(&self) -> ErrorObject<'_> {
         ErrorObject {
             message: &self.message,
             kind: self.kind,
@@ -177,34 +184,103 @@ impl ApiError {
 
     /// The inner `{"message",…}` object alone, for framings that wrap it.
     pub fn object_json(&self) -> String {
-        serde_json::to_string(&self.object()).expect("error bodies serialize")
+        serialize(&self.object())
     }
 
-    /// The body as an SSE `data:` payload, for errors after streaming began.
+    /// The whole body: an HTTP error response, or an SSE `data:` payload
+    /// for errors after streaming began.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&ErrorBody {
+        serialize(&ErrorBody {
             error: self.object(),
         })
-        .expect("error bodies serialize")
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            self.to_json(),
-        )
-            .into_response();
-        if let Some(seconds) = self.retry_after_seconds {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+/// Strings and optional strings only: serializing cannot fail, and an
+/// empty object would still be valid JSON if it did.
+fn serialize(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(err: PipelineError) -> Self {
+        match err {
+            PipelineError::ShuttingDown => Self::unavailable("The server is shutting down."),
+            PipelineError::Engine(err) => Self::from(err),
+            PipelineError::Prompt { param, message } => Self::invalid(param, message),
+            PipelineError::ContextLength {
+                limit,
+                prompt_tokens,
+                param,
+            } => Self::context_length_exceeded(limit, prompt_tokens, param),
+            PipelineError::Rejected { tenant, rejection } => Self::rejected(&tenant, &rejection),
+            PipelineError::EngineFailed(message) => Self::internal(message),
+            PipelineError::SlowConsumer(limit) => Self::slow_consumer(limit),
+            PipelineError::EndedUnexpectedly => {
+                Self::internal("The engine ended the stream unexpectedly.")
+            }
+            PipelineError::Internal(message) => Self::internal(message),
         }
-        response
+    }
+}
+
+/// The engine cannot serve: every case is 503, the server's state rather
+/// than the request's fault, so a client or balancer retries elsewhere.
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::Loading => Self::unavailable("The model is still loading."),
+            EngineError::QueueFull { waiting } => Self::unavailable(format!(
+                "The server is at capacity: {waiting} requests are already waiting."
+            )),
+            EngineError::Stopped => Self::unavailable("The engine has stopped."),
+            EngineError::Load(message) => {
+                Self::unavailable(format!("The model failed to load: {message}"))
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// 429 with the admission's `Retry-After` (503 while draining).
+    fn rejected(tenant: &str, rejection: &Rejection) -> Self {
+        let retry_after = rejection
+            .retry_after()
+            .map_or(1, |wait| wait.as_secs().max(1));
+        match rejection {
+            Rejection::QueueFull { .. } => Self::too_many_requests(
+                "server_overloaded",
+                "queue_full",
+                "The server's admission queue is full; retry after the Retry-After delay.",
+                retry_after,
+            ),
+            Rejection::WaitTimedOut { .. } => Self::too_many_requests(
+                "server_overloaded",
+                "admission_timeout",
+                "The request waited for admission longer than the server's limit; retry after the Retry-After delay.",
+                retry_after,
+            ),
+            Rejection::TenantQueueFull { .. } => Self::too_many_requests(
+                "rate_limit_exceeded",
+                "tenant_concurrency_limit",
+                format!(
+                    "Tenant '{tenant}' is at its concurrent stream limit and the queue is full."
+                ),
+                retry_after,
+            ),
+            Rejection::TokenRateExceeded {
+                tokens_per_minute, ..
+            } => Self::too_many_requests(
+                "rate_limit_exceeded",
+                "tenant_tokens_per_minute",
+                format!(
+                    "Tenant '{tenant}' is over its limit of {tokens_per_minute} tokens per minute \
+                     (each request reserves its prompt plus max_tokens); retry after the \
+                     Retry-After delay."
+                ),
+                retry_after,
+            ),
+            Rejection::Closed => PipelineError::ShuttingDown.into(),
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! `/admin/*`: run-time state and levers (protocol mode, feature flags),
-//! behind `server.admin_api_key`.
-//! Without a configured key the endpoints do not exist (404), so an
-//! unconfigured server exposes nothing. The fault hooks (`/admin/fault/*`)
-//! exist only with `server.fault_injection` on as well.
+//! behind `server.admin_api_key` (`auth::authorize_admin`). The levers
+//! change the run-time knobs through their one owner
+//! (`control::RuntimeKnobs`). The fault hooks (`/admin/fault/*`) exist only
+//! with `server.fault_injection` on as well.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,59 +10,59 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use sluice_core::admission::Admission;
+use sluice_core::config::ServerConfig;
 use sluice_core::flags::Flag;
 use sluice_core::registry::{EndReason, Stage};
 
-use crate::api::error::ApiError;
-use crate::api::openai::{from_value, parse_json};
-use crate::server::AppState;
+use super::auth::authorize_admin;
+use crate::control::qos::PolicyLog;
+use crate::control::{FlagChangeError, RuntimeKnobs};
+use crate::openai::ApiError;
+use crate::openai::request::{from_value, parse_json};
+use crate::pipeline::Pipeline;
 
-fn authorize(state: &AppState, headers: &HeaderMap, uri: &OriginalUri) -> Result<(), ApiError> {
-    let Some(expected) = state.limits.admin_api_key.as_deref() else {
-        return Err(ApiError::not_found(uri.path()));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.trim().as_bytes()) => Ok(()),
-        _ => Err(ApiError::invalid_api_key()),
+/// What the admin endpoints read and change beside the pipeline.
+pub struct AdminState {
+    pub server: Arc<ServerConfig>,
+    pub knobs: Arc<RuntimeKnobs>,
+    pub admission: Arc<Admission>,
+    pub policy_log: Arc<PolicyLog>,
+}
+
+impl AdminState {
+    fn authorize(&self, headers: &HeaderMap, uri: &OriginalUri) -> Result<(), ApiError> {
+        authorize_admin(&self.server, headers, uri.path())
     }
 }
 
-/// Compares without an early exit, so response time does not reveal how
-/// much of a guessed key was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 pub async fn state(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<Arc<AdminState>>,
+    State(pipeline): State<Arc<Pipeline>>,
     headers: HeaderMap,
     uri: OriginalUri,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &uri)?;
-    let admission = state.admission.snapshot();
+    admin.authorize(&headers, &uri)?;
+    let admission = admin.admission.snapshot();
+    let knobs = admin.knobs.values();
     Ok(axum::Json(json!({
-        "protocol": {"http2_enabled": state.protocol.http2_enabled()},
+        "protocol": {"http2_enabled": knobs.http2},
         "admission": {
             "limit": admission.limit,
             "active": admission.active,
             "queued": admission.queued,
-            "policy_bound": state.limit_bound.load(std::sync::atomic::Ordering::Relaxed),
+            "policy_bound": knobs.limit_bound,
         },
-        "engine": {"step_token_budget": state.engine.step_budget()},
-        "draining": state.is_draining(),
-        "flags": *state.flags.snapshot(),
+        "engine": {"step_token_budget": pipeline.engine().step_budget()},
+        "draining": pipeline.is_draining(),
+        "flags": knobs.flags,
         "policy": {
-            "breaker_open": state.policy_log.breaker_open(),
-            "recent_actions": state.policy_log.recent(),
+            "breaker_open": admin.policy_log.breaker_open(),
+            "recent_actions": admin.policy_log.recent(),
         },
     }))
     .into_response())
@@ -71,12 +71,13 @@ pub async fn state(
 /// The stream registry: live streams by state and each live stream, ended
 /// streams by reason.
 pub async fn streams(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<Arc<AdminState>>,
+    State(pipeline): State<Arc<Pipeline>>,
     headers: HeaderMap,
     uri: OriginalUri,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &uri)?;
-    let counts = state.streams.counts();
+    admin.authorize(&headers, &uri)?;
+    let counts = pipeline.streams().counts();
     let live: serde_json::Map<String, serde_json::Value> = Stage::ALL
         .into_iter()
         .map(|stage| (stage.as_str().to_owned(), counts.in_stage(stage).into()))
@@ -85,8 +86,8 @@ pub async fn streams(
         .into_iter()
         .map(|reason| (reason.as_str().to_owned(), counts.ended_with(reason).into()))
         .collect();
-    let streams: Vec<serde_json::Value> = state
-        .streams
+    let streams: Vec<serde_json::Value> = pipeline
+        .streams()
         .snapshot()
         .into_iter()
         .map(|stream| {
@@ -128,15 +129,14 @@ fn read_body<T: serde::de::DeserializeOwned>(
 /// Switches whether new connections are offered HTTP/2; open connections
 /// and their streams are not touched.
 pub async fn set_protocol(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<Arc<AdminState>>,
     headers: HeaderMap,
     uri: OriginalUri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &uri)?;
+    admin.authorize(&headers, &uri)?;
     let update: ProtocolUpdate = read_body(body)?;
-    let previous = state.protocol.http2_enabled();
-    state.protocol.set_http2(update.http2_enabled);
+    let previous = admin.knobs.set_http2(update.http2_enabled);
     tracing::info!(
         from = previous,
         to = update.http2_enabled,
@@ -149,26 +149,23 @@ pub async fn set_protocol(
 /// `kill_switch`; fields left out keep their defaults). Takes effect for
 /// requests that arrive after it.
 pub async fn set_flag(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     uri: OriginalUri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &uri)?;
+    admin.authorize(&headers, &uri)?;
     let flag: Flag = read_body(body)?;
-    let mut flags = (*state.flags.snapshot()).clone();
-    let Some(slot) = flags.get_mut(&name) else {
-        return Err(ApiError::invalid(
-            "name",
-            format!("There is no flag '{name}'."),
-        ));
-    };
-    *slot = flag.clone();
-    flags
-        .validate()
-        .map_err(|message| ApiError::invalid("rollout_percent", message))?;
-    state.flags.replace(flags);
+    admin
+        .knobs
+        .set_flag(&name, flag.clone())
+        .map_err(|err| match err {
+            FlagChangeError::Unknown => {
+                ApiError::invalid("name", format!("There is no flag '{name}'."))
+            }
+            FlagChangeError::Invalid(message) => ApiError::invalid("rollout_percent", message),
+        })?;
     tracing::info!(flag = %name, ?flag, "admin: flag changed");
     Ok(axum::Json(json!({"flag": name, "value": flag})).into_response())
 }
@@ -187,15 +184,16 @@ struct StallFault {
 /// a stuck kernel would hold it. Answers at once; the HTTP side keeps
 /// serving meanwhile.
 pub async fn inject_stall(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<Arc<AdminState>>,
+    State(pipeline): State<Arc<Pipeline>>,
     headers: HeaderMap,
     uri: OriginalUri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !state.limits.fault_injection {
+    if !admin.server.fault_injection {
         return Err(ApiError::not_found(uri.path()));
     }
-    authorize(&state, &headers, &uri)?;
+    admin.authorize(&headers, &uri)?;
     let fault: StallFault = read_body(body)?;
     if !(1..=MAX_STALL_MS).contains(&fault.ms) {
         return Err(ApiError::invalid(
@@ -203,19 +201,9 @@ pub async fn inject_stall(
             format!("'ms' must be between 1 and {MAX_STALL_MS}."),
         ));
     }
-    state.engine.inject_stall(Duration::from_millis(fault.ms));
+    pipeline
+        .engine()
+        .inject_stall(Duration::from_millis(fault.ms));
     tracing::warn!(ms = fault.ms, "admin: engine stall injected");
     Ok(axum::Json(json!({"fault": "stall", "ms": fault.ms})).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn keys_compare_by_content_and_length() {
-        assert!(constant_time_eq(b"secret-admin-key", b"secret-admin-key"));
-        assert!(!constant_time_eq(b"secret-admin-key", b"secret-admin-kez"));
-        assert!(!constant_time_eq(b"secret", b"secret-admin-key"));
-    }
 }

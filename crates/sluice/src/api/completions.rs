@@ -1,0 +1,152 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: read the body,
+//! parse it into the pipeline's request, run the pipeline, hand the
+//! generation to the SSE or the JSON writer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use sluice_core::config::ServerConfig;
+use sluice_core::registry::{EndReason, Protocol, StreamHandle};
+
+use super::auth::TenantKeys;
+use crate::openai::ApiError;
+use crate::openai::request::parse_request;
+use crate::pipeline::{Endpoint, Generation, Pipeline};
+use crate::writers::{json, response_headers, sse};
+
+pub async fn chat_completions(
+    State(pipeline): State<Arc<Pipeline>>,
+    State(tenants): State<Arc<TenantKeys>>,
+    State(server): State<Arc<ServerConfig>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = HttpRequest {
+        endpoint: Endpoint::Chat,
+        version,
+        headers,
+        body,
+    };
+    respond(&pipeline, &tenants, &server, request).await
+}
+
+pub async fn completions(
+    State(pipeline): State<Arc<Pipeline>>,
+    State(tenants): State<Arc<TenantKeys>>,
+    State(server): State<Arc<ServerConfig>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = HttpRequest {
+        endpoint: Endpoint::Completion,
+        version,
+        headers,
+        body,
+    };
+    respond(&pipeline, &tenants, &server, request).await
+}
+
+struct HttpRequest {
+    endpoint: Endpoint,
+    version: Version,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+}
+
+async fn respond(
+    pipeline: &Arc<Pipeline>,
+    tenants: &TenantKeys,
+    server: &ServerConfig,
+    request: HttpRequest,
+) -> Result<Response, ApiError> {
+    let arrived_at = Instant::now();
+    let tenant = tenants.tenant(&request.headers)?;
+    let body = request.body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::body_too_large(server.max_body_bytes)
+        } else {
+            ApiError::bad_request(format!("Could not read the request body: {rejection}"))
+        }
+    })?;
+    let protocol = if request.version == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let stream = pipeline.register(request.endpoint, tenant, protocol, arrived_at);
+    let start = Start {
+        endpoint: request.endpoint,
+        arrived_at,
+        force_stream: false,
+    };
+    let generation = start.run(stream, pipeline, server, &body).await?;
+    if generation.stream {
+        let keepalive = Duration::from_millis(server.sse_keepalive_ms);
+        Ok(sse_response(generation, keepalive))
+    } else {
+        let answer = json::collect(generation).await?;
+        let content_type = [(header::CONTENT_TYPE, "application/json".to_owned())];
+        Ok((content_type, answer.headers, answer.body).into_response())
+    }
+}
+
+fn sse_response(generation: Generation, keepalive: Duration) -> Response {
+    let headers = response_headers(&generation);
+    let body = sse::sse_body(generation, keepalive).map(Ok::<Bytes, Infallible>);
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        headers,
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// A registered stream's body on its way into the pipeline, from HTTP or
+/// a WebSocket.
+pub(super) struct Start {
+    pub endpoint: Endpoint,
+    pub arrived_at: Instant,
+    /// Streams whatever the request asked for (a WebSocket always streams).
+    pub force_stream: bool,
+}
+
+impl Start {
+    /// Parses the body and runs the pipeline. The registry accounts for
+    /// the stream already: a body that does not parse ends it as rejected.
+    pub async fn run(
+        self,
+        mut stream: StreamHandle,
+        pipeline: &Arc<Pipeline>,
+        server: &ServerConfig,
+        body: &[u8],
+    ) -> Result<Generation, ApiError> {
+        let parsed = parse_request(
+            self.endpoint,
+            body,
+            pipeline.served_name(),
+            server,
+            self.arrived_at,
+        );
+        let mut request = match parsed {
+            Ok(request) => request,
+            Err(error) => {
+                stream.end(EndReason::Rejected);
+                return Err(error);
+            }
+        };
+        request.params.stream |= self.force_stream;
+        Ok(pipeline.start(self.endpoint, stream, request).await?)
+    }
+}

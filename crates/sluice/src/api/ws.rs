@@ -1,0 +1,288 @@
+//! `/v1/ws`: several chat/completion streams over one WebSocket.
+//!
+//! Client messages (text, JSON):
+//! - `{"type":"request","id":"s1","path":"/v1/chat/completions","body":{…}}`
+//!   starts a stream tagged `s1` (the body is the usual OpenAI request; it
+//!   always streams);
+//! - `{"type":"cancel","id":"s1"}` ends that stream and frees its sequence.
+//!
+//! Server messages: `{"type":"chunk","id":"s1","data":{…}}` with the same
+//! chunk payloads as SSE, `{"type":"done","id":"s1"}`,
+//! `{"type":"cancelled","id":"s1"}` and
+//! `{"type":"error","id":"s1"|null,"error":{"message","type","param","code"}}`.
+//! A malformed message gets an error message; the socket stays open. A
+//! message over `server.websocket.max_message_bytes` ends the socket.
+//!
+//! Streams go through the same pipeline as SSE; the WebSocket writer
+//! (`writers::ws`) frames them. This module owns the socket: the client's
+//! messages, the shared outbound queue, pings.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_core::config::ServerConfig;
+use sluice_core::registry::{EndReason, Protocol};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::auth::TenantKeys;
+use super::completions::Start;
+use crate::openai::ApiError;
+use crate::openai::framing::{json_string, ws_error};
+use crate::pipeline::{Endpoint, Pipeline};
+use crate::writers::ws::{Outbound, StreamKey, StreamSender, write_stream};
+
+/// Messages waiting to be written to one socket. When the client reads
+/// slowly the stream tasks wait here, and their engine sequences park.
+const OUTBOUND_MESSAGES: usize = 64;
+/// Longest client stream id accepted, so ids cannot grow memory.
+const MAX_STREAM_ID_BYTES: usize = 128;
+
+pub async fn upgrade(
+    State(pipeline): State<Arc<Pipeline>>,
+    State(tenants): State<Arc<TenantKeys>>,
+    State(server): State<Arc<ServerConfig>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let tenant = tenants.tenant(&headers)?;
+    pipeline.ready_model()?;
+    let limits = &server.websocket;
+    let socket = Socket {
+        pipeline,
+        server: Arc::clone(&server),
+        tenant,
+        streams: Streams::default(),
+    };
+    Ok(upgrade
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .on_upgrade(move |websocket| socket.run(websocket))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Request {
+        id: String,
+        path: String,
+        body: Value,
+    },
+    Cancel {
+        id: String,
+    },
+}
+
+/// The socket's running streams.
+#[derive(Default)]
+struct Streams {
+    running: HashMap<String, (StreamKey, AbortHandle)>,
+    tasks: JoinSet<(String, StreamKey)>,
+    /// Cancelled streams whose messages may still sit in the outbound
+    /// queue: they are dropped there, so nothing follows `cancelled`.
+    cancelled: HashSet<StreamKey>,
+}
+
+/// One upgraded socket and the streams it runs.
+struct Socket {
+    pipeline: Arc<Pipeline>,
+    server: Arc<ServerConfig>,
+    tenant: String,
+    streams: Streams,
+}
+
+fn text_message(text: impl Into<Utf8Bytes>) -> Message {
+    Message::Text(text.into())
+}
+
+fn error_message(id: Option<&str>, error: &ApiError) -> Message {
+    text_message(ws_error(id, error))
+}
+
+impl Socket {
+    async fn run(mut self, mut socket: WebSocket) {
+        let (outbound, mut outbound_rx) = mpsc::channel::<(StreamKey, Bytes)>(OUTBOUND_MESSAGES);
+        let ping_interval = Duration::from_millis(self.server.websocket.ping_interval_ms);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        let mut last_heard = Instant::now();
+        loop {
+            let streams = &mut self.streams;
+            let reply = tokio::select! {
+                message = socket.recv() => {
+                    let Some(Ok(message)) = message else { break };
+                    last_heard = Instant::now();
+                    match message {
+                        Message::Text(text) => self.handle_text(text.as_str(), &outbound),
+                        Message::Binary(_) => Some(error_message(
+                            None,
+                            &ApiError::bad_request("Binary messages are not supported; send JSON text."),
+                        )),
+                        Message::Close(_) => break,
+                        Message::Ping(_) | Message::Pong(_) => None,
+                    }
+                }
+                Some((key, text)) = outbound_rx.recv() => {
+                    let stale = streams.cancelled.contains(&key);
+                    if outbound_rx.is_empty() {
+                        streams.cancelled.clear();
+                    }
+                    // Writers build messages from `str`s only: always UTF-8.
+                    match Utf8Bytes::try_from(text) {
+                        Ok(text) if !stale => Some(Message::Text(text)),
+                        _ => None,
+                    }
+                }
+                Some(finished) = streams.tasks.join_next(), if !streams.tasks.is_empty() => {
+                    if let Ok((id, key)) = finished
+                        && streams.running.get(&id).is_some_and(|(running, _)| *running == key)
+                    {
+                        streams.running.remove(&id);
+                    }
+                    None
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > 2 * ping_interval {
+                        tracing::debug!("websocket silent for two ping intervals: closing");
+                        break;
+                    }
+                    Some(Message::Ping(Bytes::new()))
+                }
+            };
+            if let Some(message) = reply
+                && socket.send(message).await.is_err()
+            {
+                break;
+            }
+        }
+        // Dropping the tasks drops their generations: the engine frees the
+        // sequences and the permits return.
+        self.streams.tasks.abort_all();
+    }
+
+    fn handle_text(&mut self, text: &str, outbound: &Outbound) -> Option<Message> {
+        match serde_json::from_str(text) {
+            Ok(ClientMessage::Cancel { id }) => Some(self.cancel(id)),
+            Ok(ClientMessage::Request { id, path, body }) => {
+                self.request(id, &path, body, outbound)
+            }
+            Err(err) => Some(error_message(
+                None,
+                &ApiError::bad_request(format!(
+                    "Invalid message: {err}. Expected {{\"type\":\"request\",\"id\",\"path\",\"body\"}} or {{\"type\":\"cancel\",\"id\"}}."
+                )),
+            )),
+        }
+    }
+
+    fn cancel(&mut self, id: String) -> Message {
+        let Some((key, task)) = self.streams.running.remove(&id) else {
+            return error_message(
+                Some(&id),
+                &ApiError::invalid("id", format!("No running stream has id '{id}'.")),
+            );
+        };
+        // Ended as the client's cancel before the abort drops it, which
+        // would count as a disconnect.
+        self.pipeline.streams().end(key, EndReason::Cancelled);
+        task.abort();
+        self.streams.cancelled.insert(key);
+        text_message(format!(
+            "{{\"type\":\"cancelled\",\"id\":{}}}",
+            json_string(&id)
+        ))
+    }
+
+    /// Starts a stream, or says why not; `None` once it runs.
+    fn request(
+        &mut self,
+        id: String,
+        path: &str,
+        body: Value,
+        outbound: &Outbound,
+    ) -> Option<Message> {
+        let endpoint = match path {
+            "/v1/chat/completions" => Endpoint::Chat,
+            "/v1/completions" => Endpoint::Completion,
+            _ => {
+                return Some(error_message(
+                    Some(&id),
+                    &ApiError::invalid(
+                        "path",
+                        format!(
+                            "Unknown path '{path}': use /v1/chat/completions or /v1/completions."
+                        ),
+                    ),
+                ));
+            }
+        };
+        if id.is_empty() || id.len() > MAX_STREAM_ID_BYTES {
+            return Some(error_message(
+                None,
+                &ApiError::invalid(
+                    "id",
+                    format!("Stream ids must be 1 to {MAX_STREAM_ID_BYTES} bytes."),
+                ),
+            ));
+        }
+        if self.streams.running.contains_key(&id) {
+            return Some(error_message(
+                Some(&id),
+                &ApiError::invalid("id", format!("A stream with id '{id}' is already running.")),
+            ));
+        }
+        let max_streams = self.server.websocket.max_streams_per_socket;
+        if self.streams.running.len() >= max_streams {
+            return Some(error_message(
+                Some(&id),
+                &ApiError::too_many_requests(
+                    "rate_limit_exceeded",
+                    "too_many_streams",
+                    format!("This socket already runs {max_streams} streams, its limit."),
+                    1,
+                ),
+            ));
+        }
+        let arrived_at = Instant::now();
+        let stream = self.pipeline.register(
+            endpoint,
+            self.tenant.clone(),
+            Protocol::WebSocket,
+            arrived_at,
+        );
+        let key = stream.id();
+        let start = Start {
+            endpoint,
+            arrived_at,
+            force_stream: true,
+        };
+        let pipeline = Arc::clone(&self.pipeline);
+        let server = Arc::clone(&self.server);
+        let sender = StreamSender::new(key, outbound.clone());
+        let stream_id = id.clone();
+        let task = self.streams.tasks.spawn(async move {
+            let body = body.to_string().into_bytes();
+            match start.run(stream, &pipeline, &server, &body).await {
+                Ok(generation) => write_stream(generation, &stream_id, &sender).await,
+                Err(error) => {
+                    // The socket may be gone already; nothing to do then.
+                    sender
+                        .send(Bytes::from(ws_error(Some(&stream_id), &error)))
+                        .await;
+                }
+            }
+            (stream_id, key)
+        });
+        self.streams.running.insert(id, (key, task));
+        None
+    }
+}

@@ -1,0 +1,335 @@
+//! The pipeline's output: a running generation that yields chunks. It owns
+//! the stream's registry handle (inside its observer), which holds the
+//! admission permit: dropping it (client gone, stream cancelled) ends the
+//! stream, releasing the permit, and drops the engine stream, which frees
+//! the sequence. The writers pull chunks from here and frame them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::registry::{EndReason, StreamRegistry};
+use sluice_engine::{EngineTimings, FinishReason, GenerationStream, StreamEvent, Usage};
+
+use super::speculation::OpeningState;
+use super::{Endpoint, PipelineError, PreEngineTimes};
+use crate::telemetry::RequestObserver;
+
+/// What a stream delivers next, before framing.
+#[derive(Debug)]
+pub enum Chunk {
+    Text(String),
+    Finish {
+        reason: FinishReason,
+        usage: Usage,
+    },
+    /// The stream ends with this error.
+    Error(PipelineError),
+}
+
+/// A started generation and what the writers need to frame it.
+pub struct Generation {
+    pub id: String,
+    pub endpoint: Endpoint,
+    /// The model name the client is shown.
+    pub model: String,
+    /// Whether the client asked for a stream (a WebSocket always streams).
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Stable hash of the model and the prompt's leading blocks, for
+    /// routing by cached prefix.
+    pub prefix_hint: u64,
+    pub times: PreEngineTimes,
+    pub(super) driver: Driver,
+}
+
+impl Generation {
+    /// The next chunk, waiting for it; `None` after the stream ended.
+    /// Cancel-safe: nothing is consumed unless a chunk is returned.
+    pub async fn next(&mut self) -> Option<Chunk> {
+        self.driver.next().await
+    }
+
+    /// A chunk that is ready now, without waiting.
+    pub fn try_next(&mut self) -> Option<Chunk> {
+        self.driver.try_next()
+    }
+
+    /// `bytes` reached the transport.
+    pub fn wrote(&mut self, bytes: usize) {
+        self.driver.observer.stream().bytes_written(bytes);
+    }
+
+    /// The writer waited `waited` for the client to take what it wrote.
+    pub fn blocked(&mut self, waited: Duration) {
+        self.driver.observer.stream().blocked(waited);
+    }
+}
+
+/// Pulls a generation's events, accounts for them and ends however the
+/// generation ends (finish, engine error, server shutdown).
+pub(super) struct Driver {
+    /// None when the opening cache serves the whole answer.
+    engine: Option<GenerationStream>,
+    opening: OpeningState,
+    observer: RequestObserver,
+    /// Closed when the shutdown grace period ends.
+    streams: Arc<StreamRegistry>,
+    done: bool,
+}
+
+impl Driver {
+    pub fn new(
+        engine: Option<GenerationStream>,
+        opening: OpeningState,
+        observer: RequestObserver,
+        streams: Arc<StreamRegistry>,
+    ) -> Self {
+        Self {
+            engine,
+            opening,
+            observer,
+            streams,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Chunk> {
+        if let Some(chunk) = self.ready_without_engine() {
+            return chunk;
+        }
+        let engine = self.engine.as_mut()?;
+        let event = tokio::select! {
+            event = engine.next() => event,
+            () = self.streams.closed() => {
+                self.done = true;
+                self.observer.fail(EndReason::Shutdown);
+                return Some(Chunk::Error(PipelineError::ShuttingDown));
+            }
+        };
+        Some(self.chunk(event))
+    }
+
+    fn try_next(&mut self) -> Option<Chunk> {
+        if let Some(chunk) = self.ready_without_engine() {
+            return chunk;
+        }
+        let event = self.engine.as_mut()?.try_next()?;
+        Some(self.chunk(Some(event)))
+    }
+
+    /// What comes before (or instead of) the engine: the end once done,
+    /// cached opening pieces, the finish of an answer served from the cache.
+    fn ready_without_engine(&mut self) -> Option<Option<Chunk>> {
+        if self.done {
+            return Some(None);
+        }
+        if let Some((text, tokens)) = self.opening.pending.pop_front() {
+            self.observer.token_written(Instant::now(), tokens);
+            return Some(Some(Chunk::Text(text)));
+        }
+        if self.engine.is_some() {
+            return None;
+        }
+        self.done = true;
+        let reason = self.opening.whole.unwrap_or(FinishReason::Length);
+        let usage = self.opening.client_usage(Usage::default());
+        self.observer
+            .finished(reason, usage, EngineTimings::default());
+        Some(Some(Chunk::Finish { reason, usage }))
+    }
+
+    fn chunk(&mut self, event: Option<StreamEvent>) -> Chunk {
+        let Some(event) = event else {
+            self.done = true;
+            self.observer.fail(EndReason::Failed);
+            return Chunk::Error(PipelineError::EndedUnexpectedly);
+        };
+        match event {
+            StreamEvent::Token { text, token_ids } => {
+                self.observer
+                    .token_written(Instant::now(), token_ids.len() as u32);
+                let long_enough = self
+                    .opening
+                    .recorder
+                    .as_mut()
+                    .is_some_and(|recorder| recorder.push(&text, &token_ids));
+                if long_enough && let Some(recorder) = self.opening.recorder.take() {
+                    recorder.store();
+                }
+                Chunk::Text(text)
+            }
+            StreamEvent::Finished {
+                reason,
+                usage,
+                timings,
+            } => {
+                self.done = true;
+                // An answer that ended within the opening is cached whole;
+                // one cut by `max_tokens` is still a valid opening.
+                if let Some(mut recorder) = self.opening.recorder.take() {
+                    recorder.opening.complete = reason == FinishReason::Stop;
+                    recorder.store();
+                }
+                let usage = self.opening.client_usage(usage);
+                self.observer.finished(reason, usage, timings);
+                Chunk::Finish { reason, usage }
+            }
+            StreamEvent::Error { message } => {
+                self.done = true;
+                self.observer.fail(EndReason::Failed);
+                Chunk::Error(PipelineError::EngineFailed(message))
+            }
+            StreamEvent::SlowConsumer { limit } => {
+                self.done = true;
+                self.observer.fail(EndReason::SlowConsumer);
+                Chunk::Error(PipelineError::SlowConsumer(limit))
+            }
+        }
+    }
+}
+
+/// A generation fed by a script instead of the engine, for unit tests of
+/// the pipeline's driver and of the writers: send events on the returned
+/// sender, drop it to end the engine's side. The registry is returned so
+/// a test can close it (shutdown) and read how the stream ended.
+#[cfg(test)]
+pub(crate) fn scripted(
+    endpoint: Endpoint,
+    include_usage: bool,
+) -> (
+    tokio::sync::mpsc::Sender<StreamEvent>,
+    Generation,
+    Arc<StreamRegistry>,
+) {
+    use sluice_core::registry::{NewStream, Protocol};
+
+    use crate::telemetry::{LatencyWindows, Metrics, RequestInfo};
+
+    let (events, engine) = GenerationStream::scripted(16);
+    let streams = StreamRegistry::new();
+    let stream = streams.register(NewStream {
+        request_id: "scripted-1".to_owned(),
+        tenant: "default".to_owned(),
+        protocol: Protocol::Http1,
+        arrived_at: Instant::now(),
+    });
+    let observer = RequestObserver::new(
+        Arc::new(Metrics::new()),
+        Arc::new(LatencyWindows::new(Duration::from_secs(10))),
+        stream,
+        RequestInfo {
+            endpoint: endpoint.as_str(),
+            prompt_tokens: 3,
+            cohorts: Vec::new(),
+            canaries: Vec::new(),
+            token_charge: None,
+        },
+    );
+    let generation = Generation {
+        id: "scripted-1".to_owned(),
+        endpoint,
+        model: "scripted-model".to_owned(),
+        stream: true,
+        include_usage,
+        prefix_hint: 0,
+        times: PreEngineTimes {
+            tokenize: Duration::ZERO,
+            queue: Duration::ZERO,
+        },
+        driver: Driver::new(
+            Some(engine),
+            OpeningState::default(),
+            observer,
+            Arc::clone(&streams),
+        ),
+    };
+    (events, generation, streams)
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::registry::EndReason;
+
+    use super::*;
+
+    fn token(text: &str) -> StreamEvent {
+        StreamEvent::Token {
+            text: text.to_owned(),
+            token_ids: vec![1],
+        }
+    }
+
+    fn finished() -> StreamEvent {
+        StreamEvent::Finished {
+            reason: FinishReason::Stop,
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                cached_tokens: 0,
+            },
+            timings: EngineTimings::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_then_finish_end_the_stream_completed() {
+        let (events, mut generation, streams) = scripted(Endpoint::Chat, false);
+        events.send(token("Hel")).await.unwrap();
+        events.send(token("lo")).await.unwrap();
+        events.send(finished()).await.unwrap();
+        assert!(matches!(generation.next().await, Some(Chunk::Text(t)) if t == "Hel"));
+        assert!(matches!(generation.next().await, Some(Chunk::Text(t)) if t == "lo"));
+        assert!(matches!(
+            generation.next().await,
+            Some(Chunk::Finish { reason: FinishReason::Stop, usage }) if usage.completion_tokens == 2
+        ));
+        assert!(generation.next().await.is_none(), "nothing after the end");
+        assert_eq!(streams.counts().ended_with(EndReason::Completed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_goes_silent_ends_the_stream_failed_not_hung() {
+        let (events, mut generation, streams) = scripted(Endpoint::Completion, false);
+        drop(events);
+        assert!(matches!(
+            generation.next().await,
+            Some(Chunk::Error(PipelineError::EndedUnexpectedly))
+        ));
+        assert!(generation.next().await.is_none());
+        assert_eq!(streams.counts().ended_with(EndReason::Failed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_end_names_its_limit() {
+        let (events, mut generation, streams) = scripted(Endpoint::Chat, false);
+        let limit = Duration::from_millis(250);
+        events
+            .send(StreamEvent::SlowConsumer { limit })
+            .await
+            .unwrap();
+        assert!(matches!(
+            generation.next().await,
+            Some(Chunk::Error(PipelineError::SlowConsumer(l))) if l == limit
+        ));
+        assert_eq!(streams.counts().ended_with(EndReason::SlowConsumer), 1);
+    }
+
+    #[tokio::test]
+    async fn closing_the_registry_ends_a_waiting_stream_as_shutdown() {
+        let (_events, mut generation, streams) = scripted(Endpoint::Chat, false);
+        streams.close();
+        assert!(matches!(
+            generation.next().await,
+            Some(Chunk::Error(PipelineError::ShuttingDown))
+        ));
+        assert_eq!(streams.counts().ended_with(EndReason::Shutdown), 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_generation_ends_its_stream_as_disconnected() {
+        let (_events, generation, streams) = scripted(Endpoint::Chat, false);
+        drop(generation);
+        assert_eq!(streams.counts().ended_with(EndReason::Disconnected), 1);
+        assert_eq!(streams.counts().active(), 0);
+    }
+}

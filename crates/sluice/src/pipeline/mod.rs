@@ -1,0 +1,229 @@
+//! The stream pipeline, the middle of the request path: a parsed request is
+//! registered, tokenized, charged to its tenant, admitted and submitted to
+//! the engine, and comes back as a [`Generation`] that yields chunks. It
+//! knows no HTTP and no JSON: the API layer parses into [`Request`], the
+//! writers frame the chunks, `openai::error` maps [`PipelineError`].
+//!
+//! ```text
+//! register → prepare (tokenize) → admit (charge, flags, speculation,
+//!   KV prep, admission wait) → submit → Generation → writers
+//! ```
+
+mod admit;
+mod error;
+mod generation;
+mod prepare;
+mod speculation;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sluice_core::admission::Admission;
+use sluice_core::flags::Flags;
+use sluice_core::registry::{EndReason, NewStream, Protocol, StreamHandle, StreamRegistry};
+use sluice_core::speculation::SpeculationConfig;
+use sluice_engine::{ChatMessage, EngineHandle, LoadedModel, SamplingParams};
+
+use crate::telemetry::{LatencyWindows, Metrics};
+
+pub use error::PipelineError;
+pub use generation::{Chunk, Generation};
+pub use speculation::OpeningStore;
+
+#[cfg(test)]
+pub(crate) use generation::scripted;
+
+/// What kind of request a stream answers: its prompt and its ids differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+impl Endpoint {
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Chat => "chatcmpl-",
+            Self::Completion => "cmpl-",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Completion => "completion",
+        }
+    }
+}
+
+/// What gets tokenized: chat messages through the template, or raw text.
+pub enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
+impl Prompt {
+    /// The request parameter a tokenizing failure is blamed on.
+    fn param(&self) -> &'static str {
+        match self {
+            Self::Chat(_) => "messages",
+            Self::Text(_) => "prompt",
+        }
+    }
+}
+
+/// How to generate, as the client asked, after validation.
+#[derive(Debug)]
+pub struct GenerationParams {
+    pub stream: bool,
+    pub include_usage: bool,
+    /// None: generate until the sequence's context is full.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    pub sampling: SamplingParams,
+    pub arrived_at: Instant,
+}
+
+/// A validated request, ready for the pipeline.
+pub struct Request {
+    pub prompt: Prompt,
+    pub params: GenerationParams,
+}
+
+/// What the pipeline needs, and nothing more: the engine, admission, the
+/// stream registry, the flags it reads, the opening cache and telemetry.
+pub struct Pipeline {
+    engine: EngineHandle,
+    served_name: String,
+    admission: Arc<Admission>,
+    streams: Arc<StreamRegistry>,
+    flags: Arc<Flags>,
+    openings: Arc<OpeningStore>,
+    metrics: Arc<Metrics>,
+    latency: Arc<LatencyWindows>,
+    draining: AtomicBool,
+    request_counter: AtomicU64,
+    request_id_salt: u64,
+}
+
+/// The shared parts a [`Pipeline`] is built from.
+pub struct PipelineParts {
+    pub engine: EngineHandle,
+    pub served_name: String,
+    pub admission: Arc<Admission>,
+    pub streams: Arc<StreamRegistry>,
+    pub flags: Arc<Flags>,
+    pub speculation: SpeculationConfig,
+    pub metrics: Arc<Metrics>,
+    pub latency: Arc<LatencyWindows>,
+    /// Seeds request ids, so two servers do not hand out the same ones.
+    pub request_id_salt: u64,
+}
+
+impl Pipeline {
+    pub fn new(parts: PipelineParts) -> Self {
+        Self {
+            openings: Arc::new(OpeningStore::new(
+                parts.speculation,
+                Arc::clone(&parts.metrics),
+            )),
+            engine: parts.engine,
+            served_name: parts.served_name,
+            admission: parts.admission,
+            streams: parts.streams,
+            flags: parts.flags,
+            metrics: parts.metrics,
+            latency: parts.latency,
+            draining: AtomicBool::new(false),
+            request_counter: AtomicU64::new(0),
+            request_id_salt: parts.request_id_salt,
+        }
+    }
+
+    pub fn served_name(&self) -> &str {
+        &self.served_name
+    }
+
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    pub fn streams(&self) -> &Arc<StreamRegistry> {
+        &self.streams
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Refuses new work from now on: the app's shutdown begins here.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.admission.close();
+    }
+
+    /// The loaded model, or why there is none to serve with.
+    pub fn ready_model(&self) -> Result<Arc<LoadedModel>, PipelineError> {
+        if self.is_draining() {
+            return Err(PipelineError::ShuttingDown);
+        }
+        self.engine.model().map_err(PipelineError::Engine)
+    }
+
+    /// Registers a stream at its arrival: from here on the registry
+    /// accounts for it, however it ends.
+    pub fn register(
+        &self,
+        endpoint: Endpoint,
+        tenant: String,
+        protocol: Protocol,
+        arrived_at: Instant,
+    ) -> StreamHandle {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        self.streams.register(NewStream {
+            request_id: format!(
+                "{}{:016x}{n:08x}",
+                endpoint.id_prefix(),
+                self.request_id_salt
+            ),
+            tenant,
+            protocol,
+            arrived_at,
+        })
+    }
+
+    /// Runs a registered stream's request through tokenizing, admission and
+    /// submission. On any failure the stream ends as rejected (unless the
+    /// failure ended it otherwise already) and the error says why.
+    pub async fn start(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        mut stream: StreamHandle,
+        request: Request,
+    ) -> Result<Generation, PipelineError> {
+        let prepared = match self.prepare(&stream, request).await {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                stream.end(EndReason::Rejected);
+                return Err(err);
+            }
+        };
+        let mut stream = Some(stream);
+        let started = self.admit_and_submit(endpoint, prepared, &mut stream).await;
+        if started.is_err()
+            && let Some(stream) = &mut stream
+        {
+            stream.end(EndReason::Rejected);
+        }
+        started
+    }
+}
+
+/// Time spent before the engine took the request, for `Server-Timing`.
+#[derive(Debug, Clone, Copy)]
+pub struct PreEngineTimes {
+    pub tokenize: Duration,
+    pub queue: Duration,
+}

@@ -1,0 +1,65 @@
+//! The governor's input windows: recent TTFT (from admission) and
+//! inter-token gaps, fed by every stream's observer and read by the
+//! governor loop (`control::governor`) each tick.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_core::sync::lock;
+use sluice_core::window::LatencyWindow;
+
+/// Most samples a window keeps, whatever the token rate.
+const WINDOW_CAPACITY: usize = 4096;
+
+/// Recent TTFT and inter-token gaps, fed by every stream.
+pub struct LatencyWindows {
+    ttft: Mutex<LatencyWindow>,
+    itl: Mutex<LatencyWindow>,
+    /// Admitted streams that have not written their first token yet.
+    awaiting_first_token: AtomicUsize,
+}
+
+/// Counts one admitted stream as awaiting its first token until dropped.
+pub struct AwaitingFirstToken(Arc<LatencyWindows>);
+
+impl Drop for AwaitingFirstToken {
+    fn drop(&mut self) {
+        self.0.awaiting_first_token.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LatencyWindows {
+    pub fn new(span: Duration) -> Self {
+        Self {
+            ttft: Mutex::new(LatencyWindow::new(span, WINDOW_CAPACITY)),
+            itl: Mutex::new(LatencyWindow::new(span, WINDOW_CAPACITY)),
+            awaiting_first_token: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn await_first_token(self: &Arc<Self>) -> AwaitingFirstToken {
+        self.awaiting_first_token.fetch_add(1, Ordering::Relaxed);
+        AwaitingFirstToken(Arc::clone(self))
+    }
+
+    pub fn record_ttft(&self, at: Instant, seconds: f64) {
+        lock(&self.ttft).record(at, seconds);
+    }
+
+    pub fn record_itl(&self, at: Instant, seconds: f64) {
+        lock(&self.itl).record(at, seconds);
+    }
+
+    /// TTFT and inter-token p95 over the window ending `now`.
+    pub fn p95s(&self, now: Instant) -> (Option<f64>, Option<f64>) {
+        (
+            lock(&self.ttft).quantile(now, 0.95),
+            lock(&self.itl).quantile(now, 0.95),
+        )
+    }
+
+    pub fn awaiting_first_token(&self) -> usize {
+        self.awaiting_first_token.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,14 @@
+//! Telemetry, beneath the pipeline: each request's observer feeds the
+//! Prometheus series, the QoS evaluator's window and the governor's latency
+//! windows; the control loops read them.
+
+mod groups;
+mod latency;
+mod metrics;
+mod observer;
+mod qos_window;
+
+pub use groups::AlertMetrics;
+pub use latency::LatencyWindows;
+pub use metrics::{Metrics, RejectedBy};
+pub use observer::{Outcome, RequestInfo, RequestObserver};
