@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{FromRequestParts, OriginalUri, Path, State};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -19,6 +20,7 @@ use sluice_core::config::ServerConfig;
 use sluice_core::flags::Flag;
 use sluice_core::registry::{EndReason, Stage};
 
+use super::ApiState;
 use super::auth::authorize_admin;
 use crate::control::qos::PolicyLog;
 use crate::control::{FlagChangeError, RuntimeKnobs};
@@ -34,19 +36,23 @@ pub struct AdminState {
     pub policy_log: Arc<PolicyLog>,
 }
 
-impl AdminState {
-    fn authorize(&self, headers: &HeaderMap, uri: &OriginalUri) -> Result<(), ApiError> {
-        authorize_admin(&self.server, headers, uri.path())
+/// An `/admin/*` request that carried the admin key: extracting it is the
+/// check.
+pub struct Authorized(Arc<AdminState>);
+
+impl FromRequestParts<ApiState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        authorize_admin(&state.admin.server, &parts.headers, parts.uri.path())?;
+        Ok(Self(Arc::clone(&state.admin)))
     }
 }
 
 pub async fn state(
-    State(admin): State<Arc<AdminState>>,
+    Authorized(admin): Authorized,
     State(pipeline): State<Arc<Pipeline>>,
-    headers: HeaderMap,
-    uri: OriginalUri,
 ) -> Result<Response, ApiError> {
-    admin.authorize(&headers, &uri)?;
     let admission = admin.admission.snapshot();
     let knobs = admin.knobs.values();
     Ok(axum::Json(json!({
@@ -71,12 +77,9 @@ pub async fn state(
 /// The stream registry: live streams by state and each live stream, ended
 /// streams by reason.
 pub async fn streams(
-    State(admin): State<Arc<AdminState>>,
+    _authorized: Authorized,
     State(pipeline): State<Arc<Pipeline>>,
-    headers: HeaderMap,
-    uri: OriginalUri,
 ) -> Result<Response, ApiError> {
-    admin.authorize(&headers, &uri)?;
     let counts = pipeline.streams().counts();
     let live: serde_json::Map<String, serde_json::Value> = Stage::ALL
         .into_iter()
@@ -129,12 +132,9 @@ fn read_body<T: serde::de::DeserializeOwned>(
 /// Switches whether new connections are offered HTTP/2; open connections
 /// and their streams are not touched.
 pub async fn set_protocol(
-    State(admin): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    uri: OriginalUri,
+    Authorized(admin): Authorized,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    admin.authorize(&headers, &uri)?;
     let update: ProtocolUpdate = read_body(body)?;
     let previous = admin.knobs.set_http2(update.http2_enabled);
     tracing::info!(
@@ -149,13 +149,10 @@ pub async fn set_protocol(
 /// `kill_switch`; fields left out keep their defaults). Takes effect for
 /// requests that arrive after it.
 pub async fn set_flag(
-    State(admin): State<Arc<AdminState>>,
+    Authorized(admin): Authorized,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: OriginalUri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    admin.authorize(&headers, &uri)?;
     let flag: Flag = read_body(body)?;
     admin
         .knobs
@@ -193,7 +190,7 @@ pub async fn inject_stall(
     if !admin.server.fault_injection {
         return Err(ApiError::not_found(uri.path()));
     }
-    admin.authorize(&headers, &uri)?;
+    authorize_admin(&admin.server, &headers, uri.path())?;
     let fault: StallFault = read_body(body)?;
     if !(1..=MAX_STALL_MS).contains(&fault.ms) {
         return Err(ApiError::invalid(

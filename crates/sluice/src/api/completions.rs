@@ -11,48 +11,36 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, post};
 use futures::StreamExt;
 use sluice_core::config::ServerConfig;
 use sluice_core::registry::{EndReason, Protocol, StreamHandle};
 
+use super::ApiState;
 use super::auth::TenantKeys;
 use crate::openai::ApiError;
 use crate::openai::request::parse_request;
 use crate::pipeline::{Endpoint, Generation, Pipeline};
 use crate::writers::{json, response_headers, sse};
 
-pub async fn chat_completions(
-    State(pipeline): State<Arc<Pipeline>>,
-    State(tenants): State<Arc<TenantKeys>>,
-    State(server): State<Arc<ServerConfig>>,
-    version: Version,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let request = HttpRequest {
-        endpoint: Endpoint::Chat,
-        version,
-        headers,
-        body,
-    };
-    respond(&pipeline, &tenants, &server, request).await
-}
-
-pub async fn completions(
-    State(pipeline): State<Arc<Pipeline>>,
-    State(tenants): State<Arc<TenantKeys>>,
-    State(server): State<Arc<ServerConfig>>,
-    version: Version,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let request = HttpRequest {
-        endpoint: Endpoint::Completion,
-        version,
-        headers,
-        body,
-    };
-    respond(&pipeline, &tenants, &server, request).await
+/// The handler of one completion endpoint.
+pub fn handler(endpoint: Endpoint) -> MethodRouter<ApiState> {
+    post(
+        move |State(pipeline): State<Arc<Pipeline>>,
+              State(tenants): State<Arc<TenantKeys>>,
+              State(server): State<Arc<ServerConfig>>,
+              version: Version,
+              headers: HeaderMap,
+              body: Result<Bytes, BytesRejection>| async move {
+            let request = HttpRequest {
+                endpoint,
+                version,
+                headers,
+                body,
+            };
+            respond(&pipeline, &tenants, &server, request).await
+        },
+    )
 }
 
 struct HttpRequest {

@@ -19,7 +19,7 @@ use axum::routing::{any, get, post, put};
 use sluice_core::config::ServerConfig;
 
 use crate::openai::ApiError;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Endpoint, Pipeline};
 
 pub use admin::AdminState;
 pub use auth::TenantKeys;
@@ -68,8 +68,11 @@ impl FromRef<ApiState> for Arc<AdminState> {
 pub fn router(state: ApiState) -> Router {
     let body_limit = state.server.max_body_bytes;
     Router::new()
-        .route("/v1/chat/completions", post(completions::chat_completions))
-        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", completions::handler(Endpoint::Chat))
+        .route(
+            "/v1/completions",
+            completions::handler(Endpoint::Completion),
+        )
         // `any`: WebSockets over HTTP/2 (RFC 8441) arrive as CONNECT.
         .route("/v1/ws", any(ws::upgrade))
         .route("/admin/state", get(admin::state))

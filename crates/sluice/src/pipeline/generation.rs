@@ -246,37 +246,52 @@ pub(crate) fn scripted(
     (events, generation, streams)
 }
 
+/// Engine events for scripted generations.
 #[cfg(test)]
-mod tests {
-    use sluice_core::registry::EndReason;
+pub(crate) mod script {
+    use sluice_engine::{EngineTimings, FinishReason, StreamEvent, Usage};
 
-    use super::*;
-
-    fn token(text: &str) -> StreamEvent {
+    /// A piece of text that is one token.
+    pub fn token(text: &str) -> StreamEvent {
         StreamEvent::Token {
             text: text.to_owned(),
             token_ids: vec![1],
         }
     }
 
-    fn finished() -> StreamEvent {
+    pub fn finished(
+        reason: FinishReason,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    ) -> StreamEvent {
         StreamEvent::Finished {
-            reason: FinishReason::Stop,
+            reason,
             usage: Usage {
-                prompt_tokens: 3,
-                completion_tokens: 2,
+                prompt_tokens,
+                completion_tokens,
                 cached_tokens: 0,
             },
             timings: EngineTimings::default(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::registry::EndReason;
+
+    use super::script::{finished, token};
+    use super::*;
 
     #[tokio::test]
     async fn tokens_then_finish_end_the_stream_completed() {
         let (events, mut generation, streams) = scripted(Endpoint::Chat, false);
         events.send(token("Hel")).await.unwrap();
         events.send(token("lo")).await.unwrap();
-        events.send(finished()).await.unwrap();
+        events
+            .send(finished(FinishReason::Stop, 3, 2))
+            .await
+            .unwrap();
         assert!(matches!(generation.next().await, Some(Chunk::Text(t)) if t == "Hel"));
         assert!(matches!(generation.next().await, Some(Chunk::Text(t)) if t == "lo"));
         assert!(matches!(

@@ -32,7 +32,7 @@ pub use generation::{Chunk, Generation};
 pub use speculation::OpeningStore;
 
 #[cfg(test)]
-pub(crate) use generation::scripted;
+pub(crate) use generation::{script, scripted};
 
 /// What kind of request a stream answers: its prompt and its ids differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

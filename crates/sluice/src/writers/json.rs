@@ -81,19 +81,13 @@ mod tests {
     use sluice_engine::{EngineTimings, FinishReason, StreamEvent, Usage};
 
     use super::*;
-    use crate::pipeline::scripted;
+    use crate::pipeline::{script, scripted};
 
     #[tokio::test]
     async fn the_pieces_become_one_chat_completion_with_usage() {
         let (events, generation, _streams) = scripted(Endpoint::Chat, false);
         for piece in ["Hel", "lo"] {
-            events
-                .send(StreamEvent::Token {
-                    text: piece.to_owned(),
-                    token_ids: vec![1],
-                })
-                .await
-                .unwrap();
+            events.send(script::token(piece)).await.unwrap();
         }
         events
             .send(StreamEvent::Finished {
@@ -120,13 +114,7 @@ mod tests {
     #[tokio::test]
     async fn an_error_before_the_end_is_the_answer() {
         let (events, generation, _streams) = scripted(Endpoint::Completion, false);
-        events
-            .send(StreamEvent::Token {
-                text: "partial".to_owned(),
-                token_ids: vec![1],
-            })
-            .await
-            .unwrap();
+        events.send(script::token("partial")).await.unwrap();
         drop(events);
         assert!(matches!(
             collect(generation).await,

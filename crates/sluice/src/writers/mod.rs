@@ -9,6 +9,9 @@ pub mod ws;
 
 use std::time::Duration;
 
+use sluice_core::clock::unix_seconds;
+
+use crate::openai::framing::{ChunkFramer, Framing};
 use crate::pipeline::{Generation, PreEngineTimes};
 
 /// Response header: where the time before the engine went.
@@ -22,6 +25,18 @@ pub fn response_headers(generation: &Generation) -> [(&'static str, String); 2] 
         (SERVER_TIMING, server_timing(&generation.times)),
         (PREFIX_HINT, format!("{:016x}", generation.prefix_hint)),
     ]
+}
+
+/// The framer for `generation`'s chunks, created now.
+fn framer(generation: &Generation, framing: Framing) -> ChunkFramer {
+    ChunkFramer::new(
+        generation.endpoint,
+        &generation.id,
+        unix_seconds(),
+        &generation.model,
+        generation.include_usage,
+        framing,
+    )
 }
 
 fn server_timing(times: &PreEngineTimes) -> String {

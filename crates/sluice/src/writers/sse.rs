@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use sluice_core::clock::unix_seconds;
 
 use crate::openai::ApiError;
 use crate::openai::framing::{ChunkFramer, Framing};
@@ -25,14 +24,7 @@ const FRAME_RESERVE: usize = 4096;
 
 /// The SSE body of `generation`: one item per write to the transport.
 pub fn sse_body(generation: Generation, keepalive: Duration) -> impl Stream<Item = Bytes> + Send {
-    let framer = ChunkFramer::new(
-        generation.endpoint,
-        &generation.id,
-        unix_seconds(),
-        &generation.model,
-        generation.include_usage,
-        Framing::Sse,
-    );
+    let framer = super::framer(&generation, Framing::Sse);
     let writer = SseWriter {
         generation,
         framer,
@@ -107,10 +99,10 @@ fn frame_chunk(framer: &ChunkFramer, chunk: Chunk, out: &mut BytesMut) {
 mod tests {
     use futures::StreamExt;
     use serde_json::Value;
-    use sluice_engine::{EngineTimings, FinishReason, StreamEvent, Usage};
+    use sluice_engine::{FinishReason, StreamEvent};
 
     use super::*;
-    use crate::pipeline::{Endpoint, scripted};
+    use crate::pipeline::{Endpoint, script, scripted};
 
     /// Every `data:` payload of a finished SSE body, in order.
     async fn events(body: impl Stream<Item = Bytes>) -> Vec<String> {
@@ -133,15 +125,7 @@ mod tests {
             .await
             .unwrap();
         events_tx
-            .send(StreamEvent::Finished {
-                reason: FinishReason::Length,
-                usage: Usage {
-                    prompt_tokens: 3,
-                    completion_tokens: 2,
-                    cached_tokens: 0,
-                },
-                timings: EngineTimings::default(),
-            })
+            .send(script::finished(FinishReason::Length, 3, 2))
             .await
             .unwrap();
         let events = events(sse_body(generation, Duration::from_secs(60))).await;
@@ -187,13 +171,7 @@ mod tests {
     async fn ready_chunks_are_coalesced_into_one_write() {
         let (events_tx, generation, _streams) = scripted(Endpoint::Completion, false);
         for piece in ["a", "b", "c"] {
-            events_tx
-                .send(StreamEvent::Token {
-                    text: piece.to_owned(),
-                    token_ids: vec![1],
-                })
-                .await
-                .unwrap();
+            events_tx.send(script::token(piece)).await.unwrap();
         }
         let mut body = Box::pin(sse_body(generation, Duration::from_secs(60)));
         let first = body.next().await.unwrap();

@@ -6,12 +6,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use sluice_core::clock::unix_seconds;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::openai::ApiError;
-use crate::openai::framing::{ChunkFramer, Framing};
+use crate::openai::framing::Framing;
 use crate::pipeline::{Chunk, Generation};
 
 /// A stream's internal key, its id in the stream registry: client ids may
@@ -52,12 +51,8 @@ impl StreamSender {
 /// Writes `generation` to the socket as stream `stream_id`, until it ends
 /// or the socket goes away.
 pub async fn write_stream(mut generation: Generation, stream_id: &str, sender: &StreamSender) {
-    let framer = ChunkFramer::new(
-        generation.endpoint,
-        &generation.id,
-        unix_seconds(),
-        &generation.model,
-        generation.include_usage,
+    let framer = super::framer(
+        &generation,
         Framing::WebSocket {
             stream_id: stream_id.to_owned(),
         },
@@ -108,31 +103,17 @@ async fn send(sender: &StreamSender, out: &mut BytesMut, generation: &mut Genera
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
-    use sluice_engine::{EngineTimings, FinishReason, StreamEvent, Usage};
+    use sluice_engine::{FinishReason, StreamEvent};
 
     use super::*;
-    use crate::pipeline::{Endpoint, scripted};
+    use crate::pipeline::{Endpoint, script, scripted};
 
     #[tokio::test]
     async fn a_finished_stream_is_chunk_messages_then_usage_then_done() {
         let (events, generation, _streams) = scripted(Endpoint::Completion, true);
+        events.send(script::token("ok")).await.unwrap();
         events
-            .send(StreamEvent::Token {
-                text: "ok".to_owned(),
-                token_ids: vec![1],
-            })
-            .await
-            .unwrap();
-        events
-            .send(StreamEvent::Finished {
-                reason: FinishReason::Stop,
-                usage: Usage {
-                    prompt_tokens: 2,
-                    completion_tokens: 1,
-                    cached_tokens: 0,
-                },
-                timings: EngineTimings::default(),
-            })
+            .send(script::finished(FinishReason::Stop, 2, 1))
             .await
             .unwrap();
         let (outbound, mut socket) = mpsc::channel(16);
