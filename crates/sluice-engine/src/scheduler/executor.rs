@@ -120,8 +120,11 @@ impl Scheduler {
             Some(tokens) if chunk.tokens.start == seq.prefilled => tokens,
             _ => {
                 return Err(BatchFault::Inconsistent(format!(
-                    "the step plan prefills prompt tokens {:?} that slot {slot} does not hold next",
-                    chunk.tokens
+                    "the step plan prefills prompt tokens {:?} of slot {slot}, \
+                     which has {} of {} prefilled",
+                    chunk.tokens,
+                    seq.prefilled,
+                    seq.prompt.len()
                 )));
             }
         };

@@ -59,7 +59,7 @@ impl Scheduler {
         };
         let inconsistent = || {
             BatchFault::Inconsistent(format!(
-                "the step plan prefills prep tokens {:?} that slot {slot} does not hold next",
+                "the step plan prefills prep tokens {:?} of slot {slot}, which holds no such prep",
                 chunk.tokens
             ))
         };

@@ -168,7 +168,7 @@ impl Scheduler {
     /// until an [`EngineFault`]: then `status` becomes `Failed` first (so no
     /// new request is accepted) and every stream ends with the error. Every
     /// step, and freeing the context at the end, happens inside the exit
-    /// gate (see [`exit_gate`]).
+    /// gate (see the `exit_gate` module).
     pub(crate) fn run(mut self, commands: Receiver<Command>, status: &watch::Sender<EngineStatus>) {
         close_exit_gate_at_process_exit();
         if let Err(EngineFault(fault)) = self.run_steps(&commands) {
@@ -285,8 +285,9 @@ impl Scheduler {
         }
     }
 
-    /// After an [`EngineFault`]: every stream, running, queued or still in
-    /// the command channel, ends with `message`. Touches no llama.cpp state.
+    /// After an [`EngineFault`]: every stream (running, finished with events
+    /// still waiting, queued, or still in the command channel) ends with
+    /// `message`. Touches no llama.cpp state.
     fn end_every_stream(&mut self, message: &str, commands: &Receiver<Command>) {
         let error = || StreamEvent::Error {
             message: message.to_owned(),
@@ -295,7 +296,9 @@ impl Scheduler {
             let mut outbox = seq.outbox;
             outbox.end_with(error());
         }
-        self.draining.clear();
+        for mut drain in self.draining.drain(..) {
+            drain.end_with(error());
+        }
         self.preps.clear();
         for cached in &mut self.cached {
             cached.prep = None;

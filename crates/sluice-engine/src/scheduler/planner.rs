@@ -615,13 +615,13 @@ mod tests {
         decoding(&mut input, FLOOD, 40);
         input.preps.running = vec![
             RunningPrep {
-                slot: 9,
+                slot: 8,
                 started: 5,
                 prefilled: 10,
                 target_len: 20,
             },
             RunningPrep {
-                slot: 8,
+                slot: 9,
                 started: 4,
                 prefilled: 0,
                 target_len: 8,
@@ -636,15 +636,15 @@ mod tests {
         input.preps.queued = vec![50, 50];
         input.preps.unpinned_free_slots = 2;
         let chunks = |plan: &StepPlan| plan.preps.clone();
-        // 24 tokens spare: the older running prep, the other, then one new.
+        // 24 tokens spare: the prep started first, the other, then a new one.
         let plan_one = plan(&input);
         let expected = [
             PrepChunk {
-                prep: PrepSlot::Running(8),
+                prep: PrepSlot::Running(9),
                 tokens: 0..8,
             },
             PrepChunk {
-                prep: PrepSlot::Running(9),
+                prep: PrepSlot::Running(8),
                 tokens: 10..20,
             },
             PrepChunk {
@@ -664,7 +664,7 @@ mod tests {
         assert_eq!(
             plan(&input).preps[..],
             [PrepChunk {
-                prep: PrepSlot::Running(8),
+                prep: PrepSlot::Running(9),
                 tokens: 0..4,
             }]
         );
