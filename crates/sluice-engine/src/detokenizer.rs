@@ -25,9 +25,8 @@ impl Utf8Assembler {
                 }
                 Err(err) => {
                     let valid = err.valid_up_to();
-                    out.push_str(
-                        std::str::from_utf8(&self.pending[..valid]).expect("prefix checked valid"),
-                    );
+                    // Valid up to `valid`, so nothing is replaced here.
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
                     match err.error_len() {
                         Some(bad) => {
                             out.push(char::REPLACEMENT_CHARACTER);

@@ -175,7 +175,7 @@ impl EngineHandle {
                         // line (tests, operators) may send a request at once.
                         status_tx.send_replace(EngineStatus::Ready(Arc::clone(&model)));
                         tracing::info!(?model, "model loaded");
-                        scheduler.run(commands);
+                        scheduler.run(commands, &status_tx);
                     }
                     Err(err) => {
                         tracing::error!(%err, "engine failed to start");

@@ -12,13 +12,17 @@ use llama_cpp_2::token::LlamaToken;
 use crate::EngineError;
 use crate::template::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, TemplateError};
 
-/// llama.cpp's backend may be initialised once per process.
-pub(crate) fn backend() -> &'static LlamaBackend {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| {
-        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-        LlamaBackend::init().expect("llama.cpp backend initialises once, guarded by OnceLock")
-    })
+/// llama.cpp's backend may be initialised once per process. Initialising it
+/// fails only if something else in the process did so first.
+pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|err| err.to_string())
+        })
+        .as_ref()
+        .map_err(|err| EngineError::Load(format!("initialising the llama.cpp backend: {err}")))
 }
 
 pub struct LoadedModel {
@@ -53,7 +57,7 @@ impl LoadedModel {
                 path.display()
             )));
         }
-        let model = LlamaModel::load_from_file(backend(), path, &LlamaModelParams::default())
+        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
             .map_err(|err| EngineError::Load(format!("{}: {err}", path.display())))?;
         let model: &'static LlamaModel = Box::leak(Box::new(model));
         let vocab = model.vocab();
