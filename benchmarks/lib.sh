@@ -2,8 +2,9 @@
 # server, and name result folders <date>-<commit>-<suite>.
 # shellcheck shell=bash
 
-BENCH=target/release/sluice-bench
-SLUICE=target/release/sluice
+# Built where cargo builds: target/, or $CARGO_TARGET_DIR when set.
+BENCH=${CARGO_TARGET_DIR:-target}/release/sluice-bench
+SLUICE=${CARGO_TARGET_DIR:-target}/release/sluice
 
 build_release() {
   cargo build --release -p sluice -p sluice-bench

@@ -27,89 +27,71 @@ use tokio::sync::{Notify, watch};
 use crate::admission::{Admission, Permit, Rejection};
 use crate::sync::lock;
 
-/// Where a live stream is in its lifecycle; stages only move forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stage {
-    /// Arrived; not yet asking for admission.
-    Registered,
-    /// Waiting in the admission queue.
-    Queued,
-    /// Holds an admission permit.
-    Admitted,
-    /// Submitted to the engine, no token written yet.
-    Prefilling,
-    /// At least one token written to the client.
-    Streaming,
+/// A fieldless enum with `ALL` (every variant, in order) and `as_str` (its
+/// metric label), each variant named once so the lists cannot drift.
+macro_rules! labelled_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident [$count:ident] {
+            $($(#[$variant_meta:meta])* $variant:ident => $label:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        const $count: usize = [$($label),+].len();
+
+        impl $name {
+            pub const ALL: [Self; $count] = [$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label,)+
+                }
+            }
+        }
+    };
 }
 
-const STAGES: usize = 5;
-
-impl Stage {
-    pub const ALL: [Self; STAGES] = [
-        Self::Registered,
-        Self::Queued,
-        Self::Admitted,
-        Self::Prefilling,
-        Self::Streaming,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Registered => "registered",
-            Self::Queued => "queued",
-            Self::Admitted => "admitted",
-            Self::Prefilling => "prefilling",
-            Self::Streaming => "streaming",
-        }
+labelled_enum! {
+    /// Where a live stream is in its lifecycle; stages only move forward.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Stage [STAGES] {
+        /// Arrived; not yet asking for admission.
+        Registered => "registered",
+        /// Waiting in the admission queue.
+        Queued => "queued",
+        /// Holds an admission permit.
+        Admitted => "admitted",
+        /// Submitted to the engine, no token written yet.
+        Prefilling => "prefilling",
+        /// At least one token written to the client.
+        Streaming => "streaming",
     }
 }
 
-/// How a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EndReason {
-    /// The generation finished (stop, length, or a cached whole answer).
-    Completed,
-    /// The client asked to stop it (a WebSocket `cancel`).
-    Cancelled,
-    /// The client went away: connection closed, request dropped.
-    Disconnected,
-    /// It waited for admission longer than `admission.max_wait_ms`.
-    TimedOut,
-    /// The engine failed it.
-    Failed,
-    /// Turned away before it ran: invalid, too long, or over capacity.
-    Rejected,
-    /// The server shut down.
-    Shutdown,
-    /// Its client did not read it for `engine.max_park_ms`.
-    SlowConsumer,
-}
-
-const END_REASONS: usize = 8;
-
-impl EndReason {
-    pub const ALL: [Self; END_REASONS] = [
-        Self::Completed,
-        Self::Cancelled,
-        Self::Disconnected,
-        Self::TimedOut,
-        Self::Failed,
-        Self::Rejected,
-        Self::Shutdown,
-        Self::SlowConsumer,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Cancelled => "cancelled",
-            Self::Disconnected => "disconnected",
-            Self::TimedOut => "timed_out",
-            Self::Failed => "failed",
-            Self::Rejected => "rejected",
-            Self::Shutdown => "shutdown",
-            Self::SlowConsumer => "slow_consumer",
-        }
+labelled_enum! {
+    /// How a stream ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum EndReason [END_REASONS] {
+        /// The generation finished (stop, length, or a cached whole answer).
+        Completed => "completed",
+        /// The client asked to stop it (a WebSocket `cancel`).
+        Cancelled => "cancelled",
+        /// The client went away: connection closed, request dropped.
+        Disconnected => "disconnected",
+        /// It waited for admission longer than `admission.max_wait_ms`.
+        TimedOut => "timed_out",
+        /// The engine failed it.
+        Failed => "failed",
+        /// Turned away before it ran: invalid, too long, or over capacity.
+        Rejected => "rejected",
+        /// The server shut down.
+        Shutdown => "shutdown",
+        /// Its client did not read it for `engine.max_park_ms`.
+        SlowConsumer => "slow_consumer",
     }
 }
 
@@ -361,21 +343,14 @@ impl StreamRegistry {
     /// it already, or has ended.
     fn advance(&self, record: &Record, stage: Stage) -> bool {
         let to = StreamState::Live(stage).encode();
-        let mut current = record.state.load(Ordering::Acquire);
-        loop {
-            if current >= to {
-                return false;
-            }
-            match record.state.compare_exchange_weak(
-                current,
-                to,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => current = actual,
-            }
-        }
+        let moved = record
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current < to).then_some(to)
+            });
+        let Ok(current) = moved else {
+            return false;
+        };
         self.live[usize::from(current)].fetch_sub(1, Ordering::Relaxed);
         self.live[stage as usize].fetch_add(1, Ordering::Relaxed);
         true
@@ -385,21 +360,14 @@ impl StreamRegistry {
     /// releases the permit.
     fn finish(&self, record: &Record, reason: EndReason) -> bool {
         let to = StreamState::Ended(reason).encode();
-        let mut current = record.state.load(Ordering::Acquire);
-        loop {
-            if usize::from(current) >= STAGES {
-                return false;
-            }
-            match record.state.compare_exchange_weak(
-                current,
-                to,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => current = actual,
-            }
-        }
+        let ended = record
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (usize::from(current) < STAGES).then_some(to)
+            });
+        let Ok(current) = ended else {
+            return false;
+        };
         self.live[usize::from(current)].fetch_sub(1, Ordering::Relaxed);
         self.ended[reason as usize].fetch_add(1, Ordering::Relaxed);
         self.records().by_id.remove(&record.id);
