@@ -1,0 +1,117 @@
+//! The model and engine sections.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the default model lands after `scripts/setup.sh` fetched it.
+pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// GGUF file to serve.
+    pub path: PathBuf,
+    /// Name clients use in `model`; the file stem when unset.
+    pub served_name: Option<String>,
+    /// Jinja chat template file overriding the GGUF's `tokenizer.chat_template`.
+    pub chat_template: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(DEFAULT_MODEL_PATH),
+            served_name: None,
+            chat_template: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The name clients must send in `model`.
+    pub fn served_name(&self) -> String {
+        self.served_name.clone().unwrap_or_else(|| {
+            self.path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "default".to_owned())
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Sequences the llama.cpp context holds at once (`n_seq_max`): the most
+    /// streams that can be in the running batch together.
+    pub max_sequences: u32,
+    /// KV cells each sequence may use: prompt plus generated tokens.
+    pub context_per_sequence: u32,
+    /// One KV buffer shared by all sequences (true) or one per sequence
+    /// (false). Per-sequence buffers decode faster with many streams; see
+    /// docs/architecture.md for the measurements.
+    pub kv_unified: bool,
+    /// Tokens one engine step may process (decode tokens of running streams
+    /// plus prefill chunks of new ones). Smaller keeps inter-token gaps short
+    /// while prompts prefill; larger prefills faster.
+    pub step_token_budget: u32,
+    /// Ceiling the governor may raise the step budget to while prompts wait
+    /// for prefill and inter-token gaps have headroom; it sizes the
+    /// llama.cpp batch. At or below `step_token_budget`, the budget is fixed.
+    pub max_step_token_budget: u32,
+    /// Smallest prefill chunk per step, so prefill progresses even when
+    /// running streams fill the budget.
+    pub min_prefill_chunk: u32,
+    /// Cap on the step budget while more than one tenant has sequences in
+    /// the engine (in this step or the last): a step cannot be cut short,
+    /// so its length is what another tenant's new prompt may wait before
+    /// its prefill starts. 0: no cap.
+    pub mixed_step_token_budget: u32,
+    /// Threads llama.cpp computes with; 0 means one per available core.
+    pub threads: u32,
+    /// Events buffered between the engine and one client's writer. A client
+    /// that falls this far behind has its sequence parked.
+    pub stream_buffer_events: usize,
+    /// A stream whose client has not read for this long while events wait
+    /// for it (parked, or finished with its last events undelivered) is
+    /// ended with a slow-consumer error, freeing its sequence. 0: no limit.
+    pub max_park_ms: u64,
+    /// Requests waiting for a free sequence before new ones get 503.
+    pub max_waiting: usize,
+    /// A finished sequence keeps its KV; a new request takes the idle
+    /// sequence holding the longest prefix of its prompt and prefills only
+    /// the rest. Off: every sequence starts empty.
+    pub prefix_cache: bool,
+    /// KV prep: most prompt tokens per step the engine prefills for requests
+    /// still queued for admission, from budget the step leaves spare. 0 turns
+    /// KV prep off; it needs `prefix_cache`.
+    pub prep_tokens_per_step: u32,
+}
+
+impl EngineConfig {
+    /// The largest step budget the engine accepts at run time.
+    pub fn step_budget_ceiling(&self) -> u32 {
+        self.step_token_budget.max(self.max_step_token_budget)
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_sequences: 128,
+            context_per_sequence: 1024,
+            kv_unified: false,
+            step_token_budget: 128,
+            max_step_token_budget: 512,
+            min_prefill_chunk: 16,
+            mixed_step_token_budget: 64,
+            threads: 0,
+            stream_buffer_events: 64,
+            max_park_ms: 30_000,
+            max_waiting: 1024,
+            prefix_cache: true,
+            prep_tokens_per_step: 32,
+        }
+    }
+}
