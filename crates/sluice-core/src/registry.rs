@@ -90,8 +90,11 @@ labelled_enum! {
         Rejected => "rejected",
         /// The server shut down.
         Shutdown => "shutdown",
-        /// Its client did not read it for `engine.max_park_ms`.
+        /// Its client did not read it for `engine.max_park_ms`, or read
+        /// slower than `server.limits.min_read_bytes_per_second`.
         SlowConsumer => "slow_consumer",
+        /// It ran past `server.limits.max_stream_seconds`.
+        Expired => "expired",
     }
 }
 
@@ -860,6 +863,7 @@ mod tests {
             Just(EndReason::Completed),
             Just(EndReason::Failed),
             Just(EndReason::SlowConsumer),
+            Just(EndReason::Expired),
         ];
         prop_oneof![
             6 => (0usize..2).prop_map(Op::Register),

@@ -18,12 +18,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AdminState, ApiState, OpsState, TenantKeys};
+use crate::api::{self, AdminState, ApiState, HostAllowlist, OpsState, PendingGate, TenantKeys};
 use crate::control::RuntimeKnobs;
 use crate::control::alerts::Alerter;
 use crate::control::governor::{self, GovernorLoop};
 use crate::control::qos::{self, PolicyLog, QosLoop};
-use crate::pipeline::{Pipeline, PipelineParts};
+use crate::pipeline::{Pipeline, PipelineParts, StreamLimits};
 use crate::telemetry::{LatencyWindows, Metrics};
 use crate::transport::{self, TlsAcceptors};
 
@@ -118,6 +118,7 @@ impl RunningServer {
             speculation: config.speculation.clone(),
             metrics: Arc::clone(&parts.metrics),
             latency: Arc::clone(&parts.latency),
+            stream_limits: StreamLimits::new(&config.server.limits),
             request_id_salt: {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one(local_addr)
@@ -127,7 +128,7 @@ impl RunningServer {
         let policy_log = Arc::new(PolicyLog::default());
         start_control_loops(config, &parts, &policy_log, &shutdown)?;
         let api = api_state(config, &parts, &pipeline, policy_log);
-        let task = tokio::spawn(serve(Serving {
+        let task = tokio::spawn(serve(ServeTask {
             listener,
             tls,
             config: config.clone(),
@@ -213,7 +214,9 @@ fn api_state(
     let server = Arc::new(config.server.clone());
     ApiState {
         pipeline: Arc::clone(pipeline),
-        tenants: Arc::new(TenantKeys::new(&config.admission)),
+        tenants: Arc::new(TenantKeys::new(&config.server, &config.admission)),
+        intake: Arc::new(PendingGate::new(&config.server.limits)),
+        hosts: Arc::new(HostAllowlist::new(&config.server)),
         ops: Arc::new(OpsState {
             metrics: Arc::clone(&parts.metrics),
             admission: Arc::clone(&parts.admission),
@@ -229,7 +232,7 @@ fn api_state(
     }
 }
 
-struct Serving {
+struct ServeTask {
     listener: TcpListener,
     tls: Option<TlsAcceptors>,
     config: RuntimeConfig,
@@ -238,21 +241,25 @@ struct Serving {
     shutdown: CancellationToken,
 }
 
-async fn serve(serving: Serving) -> io::Result<()> {
-    let Serving {
+async fn serve(task: ServeTask) -> io::Result<()> {
+    let ServeTask {
         listener,
         tls,
         config,
         api,
         knobs,
         shutdown,
-    } = serving;
+    } = task;
     let pipeline = Arc::clone(&api.pipeline);
+    let connection_metrics = Arc::new(api.ops.metrics.connections.clone());
     let app = api::router(api);
     let stop_accepting = CancellationToken::new();
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    let hard_deadline =
+        grace + Duration::from_secs(config.server.limits.shutdown_hard_deadline_seconds);
     let drain = {
         let stop_accepting = stop_accepting.clone();
+        let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
             pipeline.start_draining();
@@ -267,15 +274,31 @@ async fn serve(serving: Serving) -> io::Result<()> {
         }
     };
     let drain = tokio::spawn(drain);
-    transport::serve(
+    let serving = transport::serve(
         listener,
-        app,
-        tls,
-        &config.server.http2,
-        Arc::clone(knobs.protocol()),
+        transport::Serving {
+            app,
+            tls,
+            http2: config.server.http2.clone(),
+            limits: config.server.limits.clone(),
+            mode: Arc::clone(knobs.protocol()),
+            metrics: connection_metrics,
+        },
         stop_accepting,
-    )
-    .await;
+    );
+    // Connections that outlive the cancelled streams (a client that never
+    // reads its last bytes) do not hold the process past the hard deadline.
+    let hard_stop = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(hard_deadline).await;
+    };
+    tokio::select! {
+        () = serving => {}
+        () = hard_stop => tracing::error!(
+            seconds = hard_deadline.as_secs(),
+            "hard shutdown deadline: exiting with connections still open"
+        ),
+    }
     drain.abort();
     Ok(())
 }

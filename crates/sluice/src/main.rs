@@ -134,7 +134,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let reloads = reload_on_sighup(&server, &args);
     let outcome = tokio::select! {
-        () = shutdown_signal() => Ok(()),
+        () = shutdown_signal() => {
+            // A second signal means now: no more waiting for streams.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second shutdown signal: exiting at once");
+                std::process::exit(130);
+            });
+            Ok(())
+        }
         err = load_failure => Err(err.to_string()),
         () = reloads => Ok(()),
     };

@@ -20,7 +20,8 @@ use crate::speculation::SpeculationConfig;
 pub use engine::{DEFAULT_MODEL_PATH, EngineConfig, ModelConfig};
 pub use qos::{AlertsConfig, QosConfig, SloTargets, WebhookConfig};
 pub use server::{
-    AdmissionConfig, Http2Config, ServerConfig, TenantConfig, TlsConfig, WebSocketConfig,
+    AdmissionConfig, Http2Config, LimitsConfig, ServerConfig, TenantConfig, TlsConfig,
+    WebSocketConfig,
 };
 pub use validate::MIN_PARK_MS;
 

@@ -66,6 +66,18 @@ pub struct ServerConfig {
     /// An idle SSE stream (no token yet, or a long prefill) gets a comment
     /// line this often, so proxies and clients do not time it out.
     pub sse_keepalive_ms: u64,
+    /// Refuse requests without an API key (401) instead of serving them as
+    /// the `default` tenant. Unset: required as soon as any tenant has a key.
+    pub require_api_key: Option<bool>,
+    /// A header naming the tenant, set by a gateway that authenticated the
+    /// client (e.g. `x-llm-d-inference-fairness-id`). When present it wins
+    /// over the API key, so only set it where clients cannot reach the
+    /// server except through that gateway. Unset: off.
+    pub trusted_tenant_header: Option<String>,
+    /// `Host` (and `Origin`, when sent) values accepted, without port; others
+    /// get 403 (DNS rebinding, cross-site WebSockets). Unset: the loopback
+    /// names when bound to a loopback address, anything otherwise.
+    pub allowed_hosts: Option<Vec<String>>,
     /// Bearer token for `/admin/*`; the admin endpoints answer 404 when unset.
     pub admin_api_key: Option<String>,
     /// Test-only fault hooks (`POST /admin/fault/stall`) for chaos runs;
@@ -76,6 +88,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     pub http2: Http2Config,
     pub websocket: WebSocketConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -88,11 +101,15 @@ impl Default for ServerConfig {
             max_stop_sequences: 4,
             max_stop_bytes: 256,
             sse_keepalive_ms: 15_000,
+            require_api_key: None,
+            trusted_tenant_header: None,
+            allowed_hosts: None,
             admin_api_key: None,
             fault_injection: false,
             tls: None,
             http2: Http2Config::default(),
             websocket: WebSocketConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -146,6 +163,9 @@ pub struct WebSocketConfig {
     pub max_streams_per_socket: usize,
     /// Server pings this often; a socket silent for two intervals is closed.
     pub ping_interval_ms: u64,
+    /// A message the client does not take within this ends the socket, so a
+    /// client that never reads cannot pin the socket's task and queue.
+    pub send_timeout_ms: u64,
 }
 
 impl Default for WebSocketConfig {
@@ -154,6 +174,79 @@ impl Default for WebSocketConfig {
             max_message_bytes: 1024 * 1024,
             max_streams_per_socket: 16,
             ping_interval_ms: 20_000,
+            send_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// What one client may hold: connections, time before a request is
+/// complete, work before admission, and a stream's lifetime. Each limit
+/// answers the way a client can understand (431, 408, 429, an error event)
+/// or closes a connection that sent nothing usable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections at most; a connection over it is closed at once
+    /// (counted in `sluice:connections_refused_total`).
+    pub max_connections: usize,
+    /// A new connection must send its first byte (TLS: finish its
+    /// handshake) within this.
+    pub first_byte_timeout_ms: u64,
+    /// A request's headers, or the HTTP/2 preface, must be complete within
+    /// this after its first byte.
+    pub header_read_timeout_ms: u64,
+    /// A request body must be complete within this; 408 otherwise.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY).
+    pub idle_timeout_ms: u64,
+    /// A connection older than this is asked to close once its requests
+    /// finish (HTTP/2: GOAWAY; streams run to the end), so load rebalances
+    /// across replicas. 0: no limit.
+    pub max_connection_age_seconds: u64,
+    /// Most header fields in one request; more get 431.
+    pub max_header_count: usize,
+    /// Largest header block of one request, in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Requests being read, parsed and tokenized at once, before admission,
+    /// over all tenants and per tenant; more get 429 at once.
+    pub max_pending_requests: usize,
+    pub max_pending_per_tenant: usize,
+    /// A chat or completion prompt (text, before tokenizing) larger than
+    /// this gets 400 before any tokenizing.
+    pub max_prompt_bytes: usize,
+    /// Longest a stream may run from arrival to its last event; it then
+    /// ends with an error event. 0: no limit.
+    pub max_stream_seconds: u64,
+    /// A client that holds its stream up (the server waits on it to read)
+    /// must read at least this many bytes per second of that waiting, after
+    /// `slow_reader_grace_ms` of it; slower, the stream ends with an error
+    /// event and frees its sequence. 0: no limit.
+    pub min_read_bytes_per_second: u64,
+    pub slow_reader_grace_ms: u64,
+    /// After the shutdown grace period, streams still open are cancelled;
+    /// the process exits this long after that whatever is left.
+    pub shutdown_hard_deadline_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            first_byte_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
+            max_connection_age_seconds: 0,
+            max_header_count: 100,
+            max_header_bytes: 16 * 1024,
+            max_pending_requests: 256,
+            max_pending_per_tenant: 64,
+            max_prompt_bytes: 512 * 1024,
+            max_stream_seconds: 1800,
+            min_read_bytes_per_second: 64,
+            slow_reader_grace_ms: 10_000,
+            shutdown_hard_deadline_seconds: 10,
         }
     }
 }

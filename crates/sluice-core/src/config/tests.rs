@@ -31,6 +31,66 @@ fn out_of_range_values_are_rejected() {
 }
 
 #[test]
+fn hardening_knobs_reject_unusable_values() {
+    let cases = [
+        (
+            "server:\n  limits:\n    max_connections: 0\n",
+            "max_connections",
+        ),
+        ("server:\n  limits:\n    idle_timeout_ms: 0\n", "timeouts"),
+        (
+            "server:\n  limits:\n    max_header_bytes: 100\n",
+            "max_header_bytes",
+        ),
+        (
+            "server:\n  limits:\n    max_pending_requests: 4\n    max_pending_per_tenant: 8\n",
+            "max_pending_per_tenant",
+        ),
+        ("server:\n  http2:\n    stream_window_bytes: 0\n", "window"),
+        (
+            "server:\n  http2:\n    keepalive_timeout_ms: 0\n",
+            "keepalive_timeout_ms",
+        ),
+        (
+            "server:\n  websocket:\n    max_message_bytes: 0\n",
+            "max_message_bytes",
+        ),
+        (
+            "server:\n  websocket:\n    send_timeout_ms: 0\n",
+            "send_timeout_ms",
+        ),
+        ("governor:\n  kp: .nan\n", "gains"),
+        ("qos:\n  slo:\n    ttft_p95_seconds: .nan\n", "qos.slo"),
+        ("qos:\n  slo:\n    itl_p95_seconds: 0\n", "qos.slo"),
+        (
+            "engine:\n  max_step_token_budget: 1000000\n",
+            "step token budgets",
+        ),
+        ("server:\n  require_api_key: true\n", "require_api_key"),
+        (
+            "server:\n  trusted_tenant_header: \"x tenant\"\n",
+            "trusted_tenant_header",
+        ),
+        (
+            "server:\n  allowed_hosts: [\"http://a.example/\"]\n",
+            "allowed_hosts",
+        ),
+        (
+            "admission:\n  tenants:\n    - {name: a, api_keys: [k1]}\n    - {name: a, api_keys: [k2]}\n",
+            "used twice",
+        ),
+        (
+            "admission:\n  tenants:\n    - {name: a, api_keys: [k1]}\n    - {name: b, api_keys: [k1]}\n",
+            "another tenant",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let err = RuntimeConfig::from_yaml(yaml, "test").unwrap_err();
+        assert!(err.to_string().contains(expected), "{yaml}: {err}");
+    }
+}
+
+#[test]
 fn fault_injection_needs_an_admin_key() {
     let err = RuntimeConfig::from_yaml("server:\n  fault_injection: true\n", "test").unwrap_err();
     assert!(err.to_string().contains("fault_injection"), "{err}");

@@ -6,16 +6,18 @@
 mod admin;
 mod auth;
 mod completions;
+mod intake;
 mod ops;
+mod origin;
 mod ws;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
+use axum::{Router, middleware};
 use sluice_core::config::ServerConfig;
 
 use crate::openai::ApiError;
@@ -23,13 +25,17 @@ use crate::pipeline::{Endpoint, Pipeline};
 
 pub use admin::AdminState;
 pub use auth::TenantKeys;
+pub use intake::PendingGate;
 pub use ops::OpsState;
+pub use origin::HostAllowlist;
 
 /// Everything the handlers use, split into the sub-states they take.
 #[derive(Clone)]
 pub struct ApiState {
     pub pipeline: Arc<Pipeline>,
     pub tenants: Arc<TenantKeys>,
+    pub intake: Arc<PendingGate>,
+    pub hosts: Arc<HostAllowlist>,
     pub server: Arc<ServerConfig>,
     pub ops: Arc<OpsState>,
     pub admin: Arc<AdminState>,
@@ -44,6 +50,12 @@ impl FromRef<ApiState> for Arc<Pipeline> {
 impl FromRef<ApiState> for Arc<TenantKeys> {
     fn from_ref(state: &ApiState) -> Self {
         Arc::clone(&state.tenants)
+    }
+}
+
+impl FromRef<ApiState> for Arc<PendingGate> {
+    fn from_ref(state: &ApiState) -> Self {
+        Arc::clone(&state.intake)
     }
 }
 
@@ -67,6 +79,7 @@ impl FromRef<ApiState> for Arc<AdminState> {
 
 pub fn router(state: ApiState) -> Router {
     let body_limit = state.server.max_body_bytes;
+    let hosts = Arc::clone(&state.hosts);
     Router::new()
         .route("/v1/chat/completions", completions::handler(Endpoint::Chat))
         .route(
@@ -86,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(hosts, origin::check))
         .with_state(state)
 }
 

@@ -11,7 +11,10 @@
 //! `{"type":"cancelled","id":"s1"}` and
 //! `{"type":"error","id":"s1"|null,"error":{"message","type","param","code"}}`.
 //! A malformed message gets an error message; the socket stays open. A
-//! message over `server.websocket.max_message_bytes` ends the socket.
+//! message over `server.websocket.max_message_bytes` ends the socket with
+//! close code 1009; a client that does not take a message within
+//! `send_timeout_ms` loses the socket; on shutdown the socket takes no new
+//! requests, lets its streams finish and closes with 1001.
 //!
 //! Streams go through the same pipeline as SSE; the WebSocket writer
 //! (`writers::ws`) frames them. This module owns the socket: the client's
@@ -22,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -35,6 +38,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use super::auth::TenantKeys;
 use super::completions::Start;
+use super::intake::PendingGate;
 use crate::openai::ApiError;
 use crate::openai::framing::{json_string, ws_error};
 use crate::pipeline::{Endpoint, Pipeline};
@@ -49,8 +53,10 @@ const MAX_STREAM_ID_BYTES: usize = 128;
 pub async fn upgrade(
     State(pipeline): State<Arc<Pipeline>>,
     State(tenants): State<Arc<TenantKeys>>,
+    State(intake): State<Arc<PendingGate>>,
     State(server): State<Arc<ServerConfig>>,
     headers: HeaderMap,
+    connection: Extensions,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let tenant = tenants.tenant(&headers)?;
@@ -59,8 +65,10 @@ pub async fn upgrade(
     let socket = Socket {
         pipeline,
         server: Arc::clone(&server),
+        intake,
         tenant,
         streams: Streams::default(),
+        _connection: connection,
     };
     Ok(upgrade
         .max_message_size(limits.max_message_bytes)
@@ -96,8 +104,27 @@ struct Streams {
 struct Socket {
     pipeline: Arc<Pipeline>,
     server: Arc<ServerConfig>,
+    intake: Arc<PendingGate>,
     tenant: String,
     streams: Streams,
+    /// The upgrade request's extensions: they hold the connection's place
+    /// under `server.limits.max_connections` for as long as the socket lives.
+    _connection: Extensions,
+}
+
+/// Why the server closes a socket, as a close frame.
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// A receive error that is the client's message being over the limit.
+fn is_too_big(err: &axum::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|err| matches!(err, tungstenite::Error::Capacity(_)))
 }
 
 fn text_message(text: impl Into<Utf8Bytes>) -> Message {
@@ -111,26 +138,36 @@ fn error_message(id: Option<&str>, error: &ApiError) -> Message {
 impl Socket {
     async fn run(mut self, mut socket: WebSocket) {
         let (outbound, mut outbound_rx) = mpsc::channel::<(StreamKey, Bytes)>(OUTBOUND_MESSAGES);
-        let ping_interval = Duration::from_millis(self.server.websocket.ping_interval_ms);
+        let limits = &self.server.websocket;
+        let ping_interval = Duration::from_millis(limits.ping_interval_ms);
+        let send_timeout = Duration::from_millis(limits.send_timeout_ms);
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut last_heard = Instant::now();
+        let pipeline = Arc::clone(&self.pipeline);
+        let mut draining = false;
         loop {
             let streams = &mut self.streams;
             let reply = tokio::select! {
-                message = socket.recv() => {
-                    let Some(Ok(message)) = message else { break };
-                    last_heard = Instant::now();
-                    match message {
-                        Message::Text(text) => self.handle_text(text.as_str(), &outbound),
-                        Message::Binary(_) => Some(error_message(
-                            None,
-                            &ApiError::bad_request("Binary messages are not supported; send JSON text."),
-                        )),
-                        Message::Close(_) => break,
-                        Message::Ping(_) | Message::Pong(_) => None,
+                message = socket.recv() => match message {
+                    Some(Ok(message)) => {
+                        last_heard = Instant::now();
+                        match message {
+                            Message::Text(text) => self.handle_text(text.as_str(), &outbound),
+                            Message::Binary(_) => Some(error_message(
+                                None,
+                                &ApiError::bad_request("Binary messages are not supported; send JSON text."),
+                            )),
+                            Message::Close(_) => break,
+                            Message::Ping(_) | Message::Pong(_) => None,
+                        }
                     }
-                }
+                    Some(Err(err)) if is_too_big(&err) => Some(close(
+                        close_code::SIZE,
+                        "message over server.websocket.max_message_bytes",
+                    )),
+                    _ => break,
+                },
                 Some((key, text)) = outbound_rx.recv() => {
                     let stale = streams.cancelled.contains(&key);
                     if outbound_rx.is_empty() {
@@ -148,7 +185,13 @@ impl Socket {
                     {
                         streams.running.remove(&id);
                     }
-                    None
+                    (draining && streams.tasks.is_empty() && outbound_rx.is_empty())
+                        .then(|| close(close_code::AWAY, "server shutting down"))
+                }
+                () = pipeline.draining(), if !draining => {
+                    draining = true;
+                    (streams.tasks.is_empty() && outbound_rx.is_empty())
+                        .then(|| close(close_code::AWAY, "server shutting down"))
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > 2 * ping_interval {
@@ -158,10 +201,15 @@ impl Socket {
                     Some(Message::Ping(Bytes::new()))
                 }
             };
-            if let Some(message) = reply
-                && socket.send(message).await.is_err()
-            {
-                break;
+            let Some(message) = reply else { continue };
+            let closing = matches!(message, Message::Close(_));
+            match tokio::time::timeout(send_timeout, socket.send(message)).await {
+                Ok(Ok(())) if !closing => {}
+                Ok(_) => break,
+                Err(_) => {
+                    tracing::debug!("websocket client did not take a message in time: closing");
+                    break;
+                }
             }
         }
         // Dropping the tasks drops their generations: the engine frees the
@@ -252,6 +300,10 @@ impl Socket {
                 ),
             ));
         }
+        let pending = match self.intake.enter(&self.tenant) {
+            Ok(pending) => pending,
+            Err(error) => return Some(error_message(Some(&id), &error)),
+        };
         let arrived_at = Instant::now();
         let stream = self.pipeline.register(
             endpoint,
@@ -271,7 +323,9 @@ impl Socket {
         let stream_id = id.clone();
         let task = self.streams.tasks.spawn(async move {
             let body = body.to_string().into_bytes();
-            match start.run(stream, &pipeline, &server, &body).await {
+            let started = start.run(stream, &pipeline, &server, &body).await;
+            drop(pending);
+            match started {
                 Ok(generation) => write_stream(generation, &stream_id, &sender).await,
                 Err(error) => {
                     // The socket may be gone already; nothing to do then.

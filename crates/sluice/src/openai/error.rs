@@ -61,6 +61,42 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
     }
 
+    /// 403: a `Host` or `Origin` this server does not answer for.
+    pub fn forbidden_origin(what: &str, value: &str) -> Self {
+        Self {
+            code: Some("forbidden_origin"),
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                format!(
+                    "This server does not accept requests with {what} '{value}' (server.allowed_hosts)."
+                ),
+            )
+        }
+    }
+
+    /// 415: a JSON endpoint got a body of another type.
+    pub fn unsupported_media_type(content_type: Option<&str>) -> Self {
+        let found = content_type.map_or_else(|| "none".to_owned(), |value| format!("'{value}'"));
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!("Content-Type must be application/json (found {found})."),
+        )
+    }
+
+    /// 408: the body did not arrive within `server.limits.body_read_timeout_ms`.
+    pub fn body_timeout(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body did not arrive within {} ms (server.limits.body_read_timeout_ms).",
+                limit.as_millis()
+            ),
+        )
+    }
+
     pub fn model_not_found(requested: &str, served: &str) -> Self {
         Self {
             param: Some("model".into()),
@@ -153,6 +189,18 @@ impl ApiError {
         }
     }
 
+    /// No `Authorization` header where a key is required.
+    pub fn missing_api_key() -> Self {
+        Self {
+            code: Some("invalid_api_key"),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+            )
+        }
+    }
+
     /// The client did not read a stream for `limit` (`engine.max_park_ms`),
     /// so the server ended it; sent as the stream's last event.
     pub fn slow_consumer(limit: Duration) -> Self {
@@ -216,6 +264,27 @@ impl From<PipelineError> for ApiError {
             PipelineError::Rejected { tenant, rejection } => Self::rejected(&tenant, &rejection),
             PipelineError::EngineFailed(message) => Self::internal(message),
             PipelineError::SlowConsumer(limit) => Self::slow_consumer(limit),
+            PipelineError::SlowReader(rate) => Self {
+                code: Some("stream_read_too_slowly"),
+                ..Self::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "slow_consumer",
+                    format!(
+                        "The client read the stream slower than {rate} bytes per second (server.limits.min_read_bytes_per_second), so the server ended it."
+                    ),
+                )
+            },
+            PipelineError::Expired(limit) => Self {
+                code: Some("stream_deadline_exceeded"),
+                ..Self::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "The stream ran longer than {} s (server.limits.max_stream_seconds), so the server ended it.",
+                        limit.as_secs()
+                    ),
+                )
+            },
             PipelineError::EndedUnexpectedly => {
                 Self::internal("The engine ended the stream unexpectedly.")
             }

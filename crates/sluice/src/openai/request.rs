@@ -352,8 +352,30 @@ pub fn parse_request(
             (request.common, Prompt::Text(prompt))
         }
     };
+    check_prompt_size(&prompt, limits.limits.max_prompt_bytes)?;
     let params = common.validate(served_model, limits, arrived_at)?;
     Ok(Request { prompt, params })
+}
+
+/// Refuses a prompt too large to be worth tokenizing, before the tokenizer
+/// spends time on it.
+fn check_prompt_size(prompt: &Prompt, max_bytes: usize) -> Result<(), ApiError> {
+    let (bytes, param) = match prompt {
+        Prompt::Chat(messages) => (
+            messages.iter().map(|message| message.content.len()).sum(),
+            "messages",
+        ),
+        Prompt::Text(text) => (text.len(), "prompt"),
+    };
+    if bytes > max_bytes {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "The prompt is {bytes} bytes; this server takes at most {max_bytes} (server.limits.max_prompt_bytes)."
+            ),
+        ));
+    }
+    Ok(())
 }
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];

@@ -233,6 +233,7 @@ impl Pipeline {
                 speculation.into_opening(&self.openings, prompt_tokens as u32),
                 observer,
                 Arc::clone(&self.streams),
+                self.stream_limits,
             ),
         }
     }

@@ -39,6 +39,13 @@ pub enum PipelineError {
     /// The client did not read the stream for this long; it was ended.
     #[error("the client did not read the stream for {0:?}")]
     SlowConsumer(Duration),
+    /// The client read slower than this many bytes per second while the
+    /// stream waited on it; it was ended.
+    #[error("the client read slower than {0} bytes per second")]
+    SlowReader(u64),
+    /// The stream ran past `server.limits.max_stream_seconds`.
+    #[error("the stream ran longer than {0:?}")]
+    Expired(Duration),
     /// The engine's event channel closed without an end event.
     #[error("the engine ended the stream unexpectedly")]
     EndedUnexpectedly,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_core::config::LimitsConfig;
 use sluice_core::registry::{EndReason, StreamRegistry};
 use sluice_engine::{EngineTimings, FinishReason, GenerationStream, StreamEvent, Usage};
 
@@ -57,11 +58,64 @@ impl Generation {
     /// `bytes` reached the transport.
     pub fn wrote(&mut self, bytes: usize) {
         self.driver.observer.stream().bytes_written(bytes);
+        self.driver.pace.bytes += bytes as u64;
     }
 
     /// The writer waited `waited` for the client to take what it wrote.
     pub fn blocked(&mut self, waited: Duration) {
         self.driver.observer.stream().blocked(waited);
+        self.driver.pace.blocked += waited;
+    }
+}
+
+/// Bounds on one stream's life, from `server.limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// From arrival to the last event; `None`: no limit.
+    pub max_duration: Option<Duration>,
+    /// Bytes per second of the time the writer waited on the client, once
+    /// it waited `slow_reader_grace`; 0: no limit.
+    pub min_read_bytes_per_second: u64,
+    pub slow_reader_grace: Duration,
+}
+
+impl StreamLimits {
+    pub fn new(limits: &LimitsConfig) -> Self {
+        Self {
+            max_duration: (limits.max_stream_seconds > 0)
+                .then(|| Duration::from_secs(limits.max_stream_seconds)),
+            min_read_bytes_per_second: limits.min_read_bytes_per_second,
+            slow_reader_grace: Duration::from_millis(limits.slow_reader_grace_ms),
+        }
+    }
+
+    /// No bounds, for tests of other behaviour.
+    #[cfg(test)]
+    pub fn none() -> Self {
+        Self {
+            max_duration: None,
+            min_read_bytes_per_second: 0,
+            slow_reader_grace: Duration::ZERO,
+        }
+    }
+}
+
+/// How fast the client takes what the writer hands it.
+#[derive(Debug, Default)]
+struct ReaderPace {
+    bytes: u64,
+    /// Time the writer waited on the client.
+    blocked: Duration,
+}
+
+impl ReaderPace {
+    /// A client that, after the grace period of waiting on it, reads slower
+    /// than the minimum: it holds a sequence while taking almost nothing.
+    fn too_slow(&self, limits: &StreamLimits) -> bool {
+        limits.min_read_bytes_per_second > 0
+            && self.blocked > limits.slow_reader_grace
+            && (self.bytes as f64 / self.blocked.as_secs_f64())
+                < limits.min_read_bytes_per_second as f64
     }
 }
 
@@ -74,6 +128,9 @@ pub(super) struct Driver {
     observer: RequestObserver,
     /// Closed when the shutdown grace period ends.
     streams: Arc<StreamRegistry>,
+    limits: StreamLimits,
+    deadline: Option<tokio::time::Instant>,
+    pace: ReaderPace,
     done: bool,
 }
 
@@ -81,14 +138,19 @@ impl Driver {
     pub fn new(
         engine: Option<GenerationStream>,
         opening: OpeningState,
-        observer: RequestObserver,
+        mut observer: RequestObserver,
         streams: Arc<StreamRegistry>,
+        limits: StreamLimits,
     ) -> Self {
+        let arrived_at = tokio::time::Instant::from_std(observer.stream().arrived_at());
         Self {
             engine,
             opening,
             observer,
             streams,
+            deadline: limits.max_duration.map(|limit| arrived_at + limit),
+            limits,
+            pace: ReaderPace::default(),
             done: false,
         }
     }
@@ -98,15 +160,24 @@ impl Driver {
             return chunk;
         }
         let engine = self.engine.as_mut()?;
+        let deadline = self.deadline;
         let event = tokio::select! {
             event = engine.next() => event,
             () = self.streams.closed() => {
-                self.done = true;
-                self.observer.fail(EndReason::Shutdown);
-                return Some(Chunk::Error(PipelineError::ShuttingDown));
+                return Some(self.end(EndReason::Shutdown, PipelineError::ShuttingDown));
+            }
+            () = sleep_until(deadline), if deadline.is_some() => {
+                let limit = self.limits.max_duration.unwrap_or_default();
+                return Some(self.end(EndReason::Expired, PipelineError::Expired(limit)));
             }
         };
         Some(self.chunk(event))
+    }
+
+    fn end(&mut self, reason: EndReason, error: PipelineError) -> Chunk {
+        self.done = true;
+        self.observer.fail(reason);
+        Chunk::Error(error)
     }
 
     fn try_next(&mut self) -> Option<Chunk> {
@@ -122,6 +193,12 @@ impl Driver {
     fn ready_without_engine(&mut self) -> Option<Option<Chunk>> {
         if self.done {
             return Some(None);
+        }
+        if self.pace.too_slow(&self.limits) {
+            let rate = self.limits.min_read_bytes_per_second;
+            return Some(Some(
+                self.end(EndReason::SlowConsumer, PipelineError::SlowReader(rate)),
+            ));
         }
         if let Some((text, tokens)) = self.opening.pending.pop_front() {
             self.observer.token_written(Instant::now(), tokens);
@@ -188,6 +265,14 @@ impl Driver {
     }
 }
 
+/// Sleeps until `deadline`; never resolves without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A generation fed by a script instead of the engine, for unit tests of
 /// the pipeline's driver and of the writers: send events on the returned
 /// sender, drop it to end the engine's side. The registry is returned so
@@ -196,6 +281,20 @@ impl Driver {
 pub(crate) fn scripted(
     endpoint: Endpoint,
     include_usage: bool,
+) -> (
+    tokio::sync::mpsc::Sender<StreamEvent>,
+    Generation,
+    Arc<StreamRegistry>,
+) {
+    scripted_with_limits(endpoint, include_usage, StreamLimits::none())
+}
+
+/// [`scripted`] with bounds on the stream's life.
+#[cfg(test)]
+pub(crate) fn scripted_with_limits(
+    endpoint: Endpoint,
+    include_usage: bool,
+    limits: StreamLimits,
 ) -> (
     tokio::sync::mpsc::Sender<StreamEvent>,
     Generation,
@@ -241,6 +340,7 @@ pub(crate) fn scripted(
             OpeningState::default(),
             observer,
             Arc::clone(&streams),
+            limits,
         ),
     };
     (events, generation, streams)

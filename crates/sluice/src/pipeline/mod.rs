@@ -16,7 +16,7 @@ mod prepare;
 mod speculation;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_core::admission::Admission;
@@ -24,11 +24,13 @@ use sluice_core::flags::Flags;
 use sluice_core::registry::{EndReason, NewStream, Protocol, StreamHandle, StreamRegistry};
 use sluice_core::speculation::SpeculationConfig;
 use sluice_engine::{ChatMessage, EngineHandle, LoadedModel, SamplingParams};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{LatencyWindows, Metrics};
 
 pub use error::PipelineError;
-pub use generation::{Chunk, Generation};
+pub use generation::{Chunk, Generation, StreamLimits};
 pub use speculation::OpeningStore;
 
 #[cfg(test)]
@@ -103,9 +105,12 @@ pub struct Pipeline {
     openings: Arc<OpeningStore>,
     metrics: Arc<Metrics>,
     latency: Arc<LatencyWindows>,
-    draining: AtomicBool,
+    draining: CancellationToken,
     request_counter: AtomicU64,
     request_id_salt: u64,
+    stream_limits: StreamLimits,
+    /// Tokenizer jobs running at once: one per core.
+    tokenizers: Semaphore,
 }
 
 /// The shared parts a [`Pipeline`] is built from.
@@ -120,6 +125,7 @@ pub struct PipelineParts {
     pub latency: Arc<LatencyWindows>,
     /// Seeds request ids, so two servers do not hand out the same ones.
     pub request_id_salt: u64,
+    pub stream_limits: StreamLimits,
 }
 
 impl Pipeline {
@@ -136,9 +142,13 @@ impl Pipeline {
             flags: parts.flags,
             metrics: parts.metrics,
             latency: parts.latency,
-            draining: AtomicBool::new(false),
+            draining: CancellationToken::new(),
             request_counter: AtomicU64::new(0),
             request_id_salt: parts.request_id_salt,
+            stream_limits: parts.stream_limits,
+            tokenizers: Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            ),
         }
     }
 
@@ -155,12 +165,18 @@ impl Pipeline {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.is_cancelled()
+    }
+
+    /// Resolves once the server begins to drain (WebSockets stop taking
+    /// requests and close when their streams end).
+    pub async fn draining(&self) {
+        self.draining.cancelled().await;
     }
 
     /// Refuses new work from now on: the app's shutdown begins here.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+        self.draining.cancel();
         self.admission.close();
     }
 

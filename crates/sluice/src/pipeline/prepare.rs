@@ -1,5 +1,6 @@
 //! Pipeline step one: tokenize a validated request on the blocking pool, so
-//! neither the engine thread nor the async workers spend time on it.
+//! neither the engine thread nor the async workers spend time on it; at
+//! most one job per core at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,13 @@ impl Pipeline {
         let Request { prompt, params } = request;
         let model = self.ready_model()?;
         let param = prompt.param();
+        // One tokenizer job per core at most; the rest wait here, where a
+        // client that leaves drops its job before it starts.
+        let _tokenizer = self
+            .tokenizers
+            .acquire()
+            .await
+            .map_err(|_| PipelineError::ShuttingDown)?;
         let tokens = tokio::task::spawn_blocking(move || match prompt {
             Prompt::Chat(messages) => model.tokenize_chat(&messages),
             Prompt::Text(text) => Ok(model.tokenize(&text, true)),

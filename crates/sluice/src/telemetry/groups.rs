@@ -102,6 +102,47 @@ impl GovernorMetrics {
     }
 }
 
+/// Connections and the transport limits that closed them
+/// (`transport.rs`). Clones share the series.
+#[derive(Default, Clone)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: Counter,
+    /// Connections closed by a limit, by which: first_byte, header, idle,
+    /// max_age.
+    closed_by_limit: Family<Labels, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub fn closed(&self, limit: &'static str) {
+        self.closed_by_limit
+            .get_or_create(&vec![("limit", limit)])
+            .inc();
+    }
+
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sluice:connections_open",
+            "Open client connections (WebSockets count from their upgrade on)",
+            self.open.clone(),
+        );
+        registry.register(
+            "sluice:connections_refused",
+            "Connections closed at accept because server.limits.max_connections were open",
+            self.refused.clone(),
+        );
+        registry.register(
+            "sluice:connections_closed_by_limit",
+            "Connections closed by a transport limit (first_byte, header, idle, max_age)",
+            self.closed_by_limit.clone(),
+        );
+        for limit in ["first_byte", "header", "idle", "max_age"] {
+            drop(self.closed_by_limit.get_or_create(&vec![("limit", limit)]));
+        }
+    }
+}
+
 /// What became of alerts (`alerts.rs`). Clones share the counters, so the
 /// alert worker holds its own.
 #[derive(Default, Clone)]

@@ -20,7 +20,8 @@ use sluice_core::sync::lock;
 use sluice_engine::EngineStats;
 
 use super::groups::{
-    AlertMetrics, GovernorMetrics, Labels, PrefixCacheMetrics, StreamMetrics, advance_to,
+    AlertMetrics, ConnectionMetrics, GovernorMetrics, Labels, PrefixCacheMetrics, StreamMetrics,
+    advance_to,
 };
 use super::observer::Outcome;
 use super::qos_window::{QosTags, QosWindows};
@@ -71,6 +72,7 @@ pub struct Metrics {
     /// Policy actions taken, by action and the rule that took them.
     pub policy_actions: Family<Vec<(&'static str, String)>, Counter>,
     pub alerts: AlertMetrics,
+    pub connections: ConnectionMetrics,
     /// The QoS evaluator's current window, fed by the same observations.
     qos: QosWindows,
     /// Serialises scrapes: engine totals are copied into counters by delta.
@@ -131,6 +133,7 @@ impl Metrics {
             streams: StreamMetrics::default(),
             policy_actions: Family::default(),
             alerts: AlertMetrics::default(),
+            connections: ConnectionMetrics::default(),
             qos: QosWindows::new(tenants),
             scrape: Mutex::new(()),
             registry: Registry::default(),
@@ -258,6 +261,7 @@ impl Metrics {
             self.policy_actions.clone(),
         );
         self.alerts.register(registry);
+        self.connections.register(registry);
         registry.register(
             "sluice:kv_cached_tokens",
             "KV cache cells held by idle sequences: cached prefixes and KV preps",

@@ -8,7 +8,7 @@ mod metrics;
 mod observer;
 mod qos_window;
 
-pub use groups::AlertMetrics;
+pub use groups::{AlertMetrics, ConnectionMetrics};
 pub use latency::LatencyWindows;
 pub use metrics::{Metrics, RejectedBy};
 pub use observer::{Outcome, RequestInfo, RequestObserver};

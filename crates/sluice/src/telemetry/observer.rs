@@ -28,6 +28,8 @@ pub enum Outcome {
     EngineError,
     /// The shutdown grace period ended it.
     Shutdown,
+    /// It ran past `server.limits.max_stream_seconds`.
+    Expired,
 }
 
 impl Outcome {
@@ -38,6 +40,7 @@ impl Outcome {
             Self::SlowConsumer => "slow_consumer",
             Self::EngineError => "engine_error",
             Self::Shutdown => "shutdown",
+            Self::Expired => "expired",
         }
     }
 
@@ -166,12 +169,13 @@ impl RequestObserver {
         self.stream.end(EndReason::Completed);
     }
 
-    /// The request ended without finishing: `Failed` (engine), `Shutdown`
-    /// or `SlowConsumer`.
+    /// The request ended without finishing: `Failed` (engine), `Shutdown`,
+    /// `SlowConsumer` or `Expired`.
     pub fn fail(&mut self, reason: EndReason) {
         self.outcome = Some(match reason {
             EndReason::Shutdown => Outcome::Shutdown,
             EndReason::SlowConsumer => Outcome::SlowConsumer,
+            EndReason::Expired => Outcome::Expired,
             _ => Outcome::EngineError,
         });
         self.stream.end(reason);
