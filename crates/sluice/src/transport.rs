@@ -224,14 +224,13 @@ impl Connection {
         let http2 = self.serving.mode.http2_enabled();
         match &self.serving.tls {
             None => {
-                if tokio::time::timeout(first_byte, socket.readable())
-                    .await
-                    .is_err()
-                {
-                    self.serving.metrics.closed("first_byte");
-                    return;
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(first_byte, socket.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => self.serve(socket, http2).await,
+                    // Closed or failed before sending anything.
+                    Ok(_) => {}
+                    Err(_) => self.serving.metrics.closed("first_byte"),
                 }
-                self.serve(socket, http2).await;
             }
             Some(acceptors) => {
                 let acceptor = if http2 {

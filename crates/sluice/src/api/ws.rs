@@ -148,6 +148,12 @@ impl Socket {
         let mut draining = false;
         loop {
             let streams = &mut self.streams;
+            if draining && streams.tasks.is_empty() && outbound_rx.is_empty() {
+                // Every stream has ended and its last message is out.
+                let bye = close(close_code::AWAY, "server shutting down");
+                let _ = tokio::time::timeout(send_timeout, socket.send(bye)).await;
+                break;
+            }
             let reply = tokio::select! {
                 message = socket.recv() => match message {
                     Some(Ok(message)) => {
@@ -185,13 +191,11 @@ impl Socket {
                     {
                         streams.running.remove(&id);
                     }
-                    (draining && streams.tasks.is_empty() && outbound_rx.is_empty())
-                        .then(|| close(close_code::AWAY, "server shutting down"))
+                    None
                 }
                 () = pipeline.draining(), if !draining => {
                     draining = true;
-                    (streams.tasks.is_empty() && outbound_rx.is_empty())
-                        .then(|| close(close_code::AWAY, "server shutting down"))
+                    None
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > 2 * ping_interval {
