@@ -15,8 +15,8 @@ For --seconds it keeps three kinds of misbehaving client going against
   (non-HTTP garbage and an oversized body may instead be refused by
   closing the connection), never a 5xx and never a hang (no answer within
   --timeout seconds; --generation-timeout for a valid body sent with the
-  wrong Content-Type, which a lenient server runs as a one-token
-  generation that may queue behind the load).
+  wrong Content-Type, which a lenient server admits as a streamed
+  one-token generation: its 200 may wait in the admission queue).
 
 It prints one JSON summary (also written to --out): per kind and status
 counts, the 5xx and hang counts with the exact request and response of the
@@ -54,9 +54,10 @@ BAD_KINDS = (
     "ws_no_key",
 )
 CLOSE_IS_REFUSAL = {"garbage", "oversized_body"}
-# Kinds a lenient server may accept and run as a generation (one token):
-# their answer may wait in the admission queue like any request, so they
-# get --generation-timeout, not --timeout, before they count as a hang.
+# Kinds a lenient server may accept and run as a generation (one token,
+# streamed): their answer may wait in the admission queue like any
+# request, so they get --generation-timeout, not --timeout, before they
+# count as a hang.
 MAY_GENERATE = {"wrong_content_type"}
 # Caps, so a typo cannot turn this into a flood.
 MAX_IDLE = 2000
@@ -261,9 +262,15 @@ class Hostile:
             body = b'{"model": "' + self.model.encode() + b'", "messages": [{"role": "user", "content": "hi"'
             return self.http("POST", chat, [auth, json_ct], body), 0
         if kind == "wrong_content_type":
-            # A valid body (max_tokens 1, not streamed) sent as a form.
+            # A valid body sent as a form. Streamed (one token), so a server
+            # that accepts it answers 200 once the request is admitted, not
+            # after the engine's queue: the head is read and the connection
+            # closed, which cancels the generation.
             return self.http(
-                "POST", chat, [auth, ("Content-Type", "application/x-www-form-urlencoded")], self.chat_body()
+                "POST",
+                chat,
+                [auth, ("Content-Type", "application/x-www-form-urlencoded")],
+                self.chat_body(stream=True),
             ), 0
         if kind == "unknown_model":
             return self.http("POST", chat, [auth, json_ct], self.chat_body(model="no-such-model-hostile")), 0
