@@ -112,8 +112,13 @@ class Pool:
     def summary(self):
         closed = len(self.closed_lifetimes)
         held = len(self.held_ages)
-        if closed and held:
-            behaviour = "mixed: some closed by the server, some held to the end"
+        if closed and held and max(self.held_ages) <= max(self.closed_lifetimes) + 1:
+            behaviour = (
+                f"closed by the server after {percentile(self.closed_lifetimes, 0.5):.0f} s (p50); "
+                "those open at the end were younger than that"
+            )
+        elif closed and held:
+            behaviour = "mixed: some closed by the server, some held longer than any closed one lived"
         elif closed:
             behaviour = "closed by the server"
         elif held:
