@@ -33,6 +33,8 @@ INFRA_CANCEL_MAX_RATE=${INFRA_CANCEL_MAX_RATE:-0.005}
 # server's own fds (listener, epoll, eventfds, the inherited log) are
 # constant; every other fd is a connection, and the run's clients are gone.
 FD_SLACK=${FD_SLACK:-0}
+# 1: the slow readers must read slower than tokens arrive (a check row).
+TRICKLE_REQUIRED=${TRICKLE_REQUIRED:-0}
 # shellcheck source=/dev/null
 source benchmarks/streaming/chaos.scenario
 HOSTILE_KNOBS=""
@@ -44,7 +46,7 @@ COMMAND="${HOSTILE_KNOBS}CHAOS_SECONDS=$CHAOS_SECONDS CHAOS_STREAMS=$CHAOS_STREA
 CHAOS_SLOW_FRACTION=$CHAOS_SLOW_FRACTION CHAOS_SLOW_DELAY_MS=$CHAOS_SLOW_DELAY_MS \
 CHAOS_DISCONNECT_FRACTION=$CHAOS_DISCONNECT_FRACTION \
 FLOOD_STREAMS=$FLOOD_STREAMS FLOOD_SECONDS=$FLOOD_SECONDS STALL_COUNT=$STALL_COUNT STALL_MS=$STALL_MS \
-INFRA_CANCEL_MAX_RATE=$INFRA_CANCEL_MAX_RATE ${SOAK_COMMAND:-benchmarks/qos/chaos.sh}"
+INFRA_CANCEL_MAX_RATE=$INFRA_CANCEL_MAX_RATE TRICKLE_REQUIRED=$TRICKLE_REQUIRED ${SOAK_COMMAND:-benchmarks/qos/chaos.sh}"
 if [ -n "${SLUICE_BIN_DIR:-}" ]; then
   BINARIES="prebuilt, from $SLUICE_BIN_DIR (SLUICE_BIN_DIR): $("$SLUICE" --version 2>/dev/null || echo '?')"
 else
@@ -195,9 +197,12 @@ stop_server
 trap - EXIT
 wait "$SAMPLER" || true
 
-HOSTILE_SUMMARY=()
+SUMMARY_EXTRA=()
 if [ -n "$HOSTILE_PID" ]; then
-  HOSTILE_SUMMARY=(--hostile "$OUT/hostile.json" --hostile-rc "$HOSTILE_RC")
+  SUMMARY_EXTRA=(--hostile "$OUT/hostile.json" --hostile-rc "$HOSTILE_RC")
+fi
+if [ "$TRICKLE_REQUIRED" = 1 ]; then
+  SUMMARY_EXTRA+=(--trickle-required)
 fi
 python3 benchmarks/qos/chaos_summary.py "$OUT" "$SUITE" \
   --machine "$(machine_line)" --commit "$(git rev-parse --short=12 HEAD)" --command "$COMMAND" \
@@ -205,7 +210,7 @@ python3 benchmarks/qos/chaos_summary.py "$OUT" "$SUITE" \
   --rss-boot "$RSS_BOOT" --rss-start "$RSS_START" --rss-end "$RSS_END" \
   --fds-boot "$FDS_BOOT" --fds-start "$FDS_START" --fds-end "$FDS_END" --fds-settle "$FDS_SETTLE" \
   --fd-slack "$FD_SLACK" --slow-delay-ms "$CHAOS_SLOW_DELAY_MS" \
-  --admission "$ADMISSION" --registry "$OUT/registry-at-rest.json" "${HOSTILE_SUMMARY[@]}" >"$OUT/summary.md"
+  --admission "$ADMISSION" --registry "$OUT/registry-at-rest.json" "${SUMMARY_EXTRA[@]}" >"$OUT/summary.md"
 rm -f "$OUT/server.log"
 # Per-request reports over 1 MiB are kept gzipped.
 find "$OUT" -maxdepth 1 -name '*.json' -size +1024k -exec gzip -9 {} +

@@ -2,9 +2,9 @@
 # Soak run: chaos.sh for a long time, to show memory, fd and accounting
 # leaks and latency drift. Defaults: 2 hours at 16 streams (10 % slow
 # readers pausing 1 s after each read, so they read slower than tokens
-# arrive; 5 % disconnects), a 24-stream flood for 60 s in the middle, an
-# engine stall of 3 s every 24 minutes; no infrastructure-caused
-# cancellation allowed (INFRA_CANCEL_MAX_RATE=0). Any chaos.scenario knob
+# arrive, checked: TRICKLE_REQUIRED=1; 5 % disconnects), a 24-stream
+# flood for 60 s in the middle, an engine stall of 3 s every 24 minutes;
+# no infrastructure-caused cancellation allowed (INFRA_CANCEL_MAX_RATE=0). Any chaos.scenario knob
 # can be set from the environment (SOAK_SECONDS sets CHAOS_SECONDS).
 # Results go to benchmarks/results/<date>-<commit>-soak/.
 #
@@ -20,6 +20,7 @@ export CHAOS_SLOW_DELAY_MS=${CHAOS_SLOW_DELAY_MS:-1000}
 export FLOOD_STREAMS=${FLOOD_STREAMS:-24}
 export STALL_COUNT=${STALL_COUNT:-4}
 export INFRA_CANCEL_MAX_RATE=${INFRA_CANCEL_MAX_RATE:-0}
+export TRICKLE_REQUIRED=${TRICKLE_REQUIRED:-1}
 export PORT=${PORT:-8394}
 export SOAK_COMMAND=benchmarks/qos/soak.sh
 exec benchmarks/qos/chaos.sh
