@@ -4,8 +4,9 @@
 # readers pausing 1 s after each read, so they read slower than tokens
 # arrive, checked: TRICKLE_REQUIRED=1; 5 % disconnects), a 24-stream
 # flood for 60 s in the middle, an engine stall of 3 s every 24 minutes;
-# no infrastructure-caused cancellation allowed (INFRA_CANCEL_MAX_RATE=0). Any chaos.scenario knob
-# can be set from the environment (SOAK_SECONDS sets CHAOS_SECONDS).
+# no infrastructure-caused cancellation allowed (INFRA_CANCEL_MAX_RATE=0).
+# Any chaos.scenario knob can be set from the environment (SOAK_SECONDS
+# sets CHAOS_SECONDS).
 # Results go to benchmarks/results/<date>-<commit>-soak/.
 #
 # Issue #13's soak (one hour at 32 streams, 10 % trickling readers, 5 %
