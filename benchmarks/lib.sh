@@ -2,11 +2,29 @@
 # server, and name result folders <date>-<commit>-<suite>.
 # shellcheck shell=bash
 
-# Built where cargo builds: target/, or $CARGO_TARGET_DIR when set.
-BENCH=${CARGO_TARGET_DIR:-target}/release/sluice-bench
-SLUICE=${CARGO_TARGET_DIR:-target}/release/sluice
+# Built where cargo builds: target/, or $CARGO_TARGET_DIR when set. With
+# SLUICE_BIN_DIR set, the prebuilt $SLUICE_BIN_DIR/sluice and
+# $SLUICE_BIN_DIR/sluice-bench are used as they are and nothing is built
+# (say which commit they were built from: results are named after HEAD).
+if [ -n "${SLUICE_BIN_DIR:-}" ]; then
+  BENCH=$SLUICE_BIN_DIR/sluice-bench
+  SLUICE=$SLUICE_BIN_DIR/sluice
+else
+  BENCH=${CARGO_TARGET_DIR:-target}/release/sluice-bench
+  SLUICE=${CARGO_TARGET_DIR:-target}/release/sluice
+fi
 
 build_release() {
+  if [ -n "${SLUICE_BIN_DIR:-}" ]; then
+    local bin
+    for bin in "$SLUICE" "$BENCH"; do
+      if [ ! -x "$bin" ]; then
+        echo "SLUICE_BIN_DIR: no executable $bin" >&2
+        return 1
+      fi
+    done
+    return 0
+  fi
   cargo build --release -p sluice -p sluice-bench
 }
 
