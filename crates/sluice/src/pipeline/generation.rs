@@ -402,6 +402,52 @@ mod tests {
         assert_eq!(streams.counts().ended_with(EndReason::Completed), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_past_its_deadline_ends_with_an_error_not_a_hang() {
+        let limits = StreamLimits {
+            max_duration: Some(Duration::from_secs(5)),
+            ..StreamLimits::none()
+        };
+        let (events, mut generation, streams) =
+            scripted_with_limits(Endpoint::Chat, false, limits);
+        events.send(token("a")).await.unwrap();
+        assert!(matches!(generation.next().await, Some(Chunk::Text(_))));
+        // The engine goes on producing nothing; the paused clock runs to
+        // the deadline.
+        assert!(matches!(
+            generation.next().await,
+            Some(Chunk::Error(PipelineError::Expired(limit))) if limit == Duration::from_secs(5)
+        ));
+        assert!(generation.next().await.is_none());
+        assert_eq!(streams.counts().ended_with(EndReason::Expired), 1);
+    }
+
+    #[tokio::test]
+    async fn a_trickling_reader_is_ended_below_the_minimum_rate() {
+        let limits = StreamLimits {
+            min_read_bytes_per_second: 100,
+            slow_reader_grace: Duration::from_secs(1),
+            ..StreamLimits::none()
+        };
+        let (events, mut generation, streams) =
+            scripted_with_limits(Endpoint::Chat, false, limits);
+        events.send(token("a")).await.unwrap();
+        events.send(token("b")).await.unwrap();
+        // 500 bytes over 2 s of waiting: above the minimum.
+        generation.wrote(500);
+        generation.blocked(Duration::from_secs(2));
+        assert!(matches!(generation.next().await, Some(Chunk::Text(_))));
+        // Then 18 s more for 10 bytes: 510 bytes in 20 s, under 100 B/s.
+        generation.wrote(10);
+        generation.blocked(Duration::from_secs(18));
+        assert!(matches!(
+            generation.next().await,
+            Some(Chunk::Error(PipelineError::SlowReader(100)))
+        ));
+        assert!(generation.next().await.is_none());
+        assert_eq!(streams.counts().ended_with(EndReason::SlowConsumer), 1);
+    }
+
     #[tokio::test]
     async fn an_engine_that_goes_silent_ends_the_stream_failed_not_hung() {
         let (events, mut generation, streams) = scripted(Endpoint::Completion, false);
