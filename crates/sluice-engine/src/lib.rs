@@ -22,7 +22,7 @@ pub use request::{
     Usage,
 };
 pub use stop::{StopMatcher, StopOutcome};
-pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use template::{ChatMessage, ChatTemplate, Segment, TemplateError};
 
 use scheduler::{Command, PrepJob, Scheduler, Submission};
 
