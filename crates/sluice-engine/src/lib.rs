@@ -247,13 +247,16 @@ impl EngineHandle {
     /// Asks the engine to prefill `prompt_tokens` (all but the last) while
     /// the request waits for admission, in step budget that running streams
     /// leave spare. Preparing is best effort: the engine may never start it.
-    pub fn prepare(&self, prompt_tokens: Vec<i32>) -> PrepHandle {
+    /// `cache_namespace` is the request's (see
+    /// [`GenerationRequest::cache_namespace`]).
+    pub fn prepare(&self, prompt_tokens: Vec<i32>, cache_namespace: &str) -> PrepHandle {
         let id = self.next_prep.fetch_add(1, Ordering::Relaxed);
         let (alive, alive_rx) = oneshot::channel();
         // A stopped engine has nothing to prepare; the handle is inert then.
         let _ = self.submissions.send(Command::Prepare(PrepJob {
             id,
             prompt_tokens,
+            cache_namespace: Arc::from(cache_namespace),
             alive,
         }));
         PrepHandle {

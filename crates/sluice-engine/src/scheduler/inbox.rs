@@ -3,6 +3,7 @@
 //! of requests waiting for a sequence, and admitting them into free slots at
 //! the start of each step.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ pub(crate) struct Submission {
 pub(crate) struct PrepJob {
     pub id: u64,
     pub prompt_tokens: Vec<i32>,
+    pub cache_namespace: Arc<str>,
     /// Closed when the `PrepHandle` is dropped.
     pub alive: oneshot::Sender<()>,
 }
@@ -77,6 +79,7 @@ impl Scheduler {
             };
             let taken = self.take_slot(
                 &submission.request.prompt_tokens,
+                &submission.request.cache_namespace,
                 submission.request.use_prefix_cache,
                 submission.prep.as_ref().map(|prep| prep.id),
             )?;
