@@ -9,6 +9,11 @@ use crate::policy::{Action, Scope};
 /// streams whose clients are merely a few engine steps behind.
 pub const MIN_PARK_MS: u64 = 100;
 
+/// Shortest `engine.step_stall_timeout_ms` other than 0: a long prefill
+/// step on a slow machine takes a good part of a second, and a live engine
+/// must not be reported stalled.
+pub const MIN_STEP_STALL_TIMEOUT_MS: u64 = 1_000;
+
 impl RuntimeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let engine = &self.engine;
@@ -98,6 +103,10 @@ impl RuntimeConfig {
             (
                 (1..MIN_PARK_MS).contains(&engine.max_park_ms),
                 "engine.max_park_ms must be 0 (no limit) or at least 100",
+            ),
+            (
+                (1..MIN_STEP_STALL_TIMEOUT_MS).contains(&engine.step_stall_timeout_ms),
+                "engine.step_stall_timeout_ms must be 0 (off) or at least 1000",
             ),
             (
                 self.server.max_body_bytes < 1024,

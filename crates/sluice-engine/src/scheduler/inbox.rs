@@ -21,6 +21,8 @@ pub(crate) enum Command {
     /// Fault injection: the engine thread sleeps this long before its next
     /// step, as a stuck kernel would hold it.
     Stall(Duration),
+    /// Fault injection: the engine thread panics at its next step.
+    Panic,
 }
 
 pub(crate) struct Submission {
@@ -54,6 +56,7 @@ impl Scheduler {
                 }
             }
             Command::Stall(duration) => std::thread::sleep(duration),
+            Command::Panic => self.panic_at_next_step = true,
         }
     }
 
