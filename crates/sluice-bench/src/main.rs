@@ -591,6 +591,7 @@ async fn run_engine(args: EngineArgs) -> Result<(), String> {
                 use_prefix_cache: true,
                 on_slow_consumer: None,
                 tenant: "bench".to_owned(),
+                cache_namespace: "bench".to_owned(),
             };
             let mut stream = match engine.submit(request) {
                 Ok(stream) => stream,

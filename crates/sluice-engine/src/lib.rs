@@ -2,6 +2,7 @@
 //! the llama.cpp context; async callers talk to it through channels only.
 
 mod detokenizer;
+mod heartbeat;
 mod model;
 mod request;
 mod scheduler;
@@ -11,18 +12,20 @@ mod template;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use sluice_core::config::EngineConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use detokenizer::Utf8Assembler;
+use heartbeat::Heartbeat;
 pub use model::LoadedModel;
 pub use request::{
     EngineTimings, FinishReason, GenerationRequest, SamplingParams, SlowConsumerHook, StreamEvent,
     Usage,
 };
 pub use stop::{StopMatcher, StopOutcome};
-pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use template::{ChatMessage, ChatTemplate, Segment, TemplateError};
 
 use scheduler::{Command, PrepJob, Scheduler, Submission};
 
@@ -30,6 +33,10 @@ use scheduler::{Command, PrepJob, Scheduler, Submission};
 pub enum EngineError {
     #[error("model failed to load: {0}")]
     Load(String),
+    /// The engine is `Failed`: the reason says whether loading failed or
+    /// the running engine did.
+    #[error("{0}")]
+    Failed(String),
     #[error("the model is still loading")]
     Loading,
     #[error("the engine has stopped")]
@@ -43,6 +50,9 @@ pub enum EngineError {
 pub enum EngineStatus {
     Loading,
     Ready(Arc<LoadedModel>),
+    /// For good: the model failed to load, or the running engine failed (an
+    /// engine fault, a panic on its thread). The reason is a sentence for
+    /// clients and `/health`.
     Failed(String),
 }
 
@@ -102,6 +112,9 @@ pub struct EngineHandle {
     max_waiting: usize,
     next_prep: Arc<AtomicU64>,
     step_budget: Arc<AtomicU32>,
+    heartbeat: Arc<Heartbeat>,
+    /// `engine.step_stall_timeout_ms`; None: never reported stalled.
+    stall_timeout: Option<Duration>,
 }
 
 /// The events of one generation. Dropping it cancels the generation: the
@@ -147,6 +160,9 @@ impl EngineHandle {
         let (status_tx, status) = watch::channel(EngineStatus::Loading);
         let stats = Arc::new(EngineStats::default());
         let step_budget = Arc::new(AtomicU32::new(options.config.step_token_budget));
+        let heartbeat = Arc::new(Heartbeat::new());
+        let stall_timeout = Some(Duration::from_millis(options.config.step_stall_timeout_ms))
+            .filter(|timeout| !timeout.is_zero());
         let handle = Self {
             submissions,
             status,
@@ -155,19 +171,37 @@ impl EngineHandle {
             max_waiting: options.config.max_waiting,
             next_prep: Arc::new(AtomicU64::new(0)),
             step_budget: Arc::clone(&step_budget),
+            heartbeat: Arc::clone(&heartbeat),
+            stall_timeout,
         };
         std::thread::Builder::new()
             .name("sluice-engine".into())
             .spawn(move || {
-                let loaded = LoadedModel::load(
-                    &options.model_path,
-                    options.chat_template,
-                    options.config.context_per_sequence,
-                )
+                // A panic while loading (inside llama.cpp's bindings) must
+                // not leave the status `Loading` for ever.
+                let loaded = std::panic::catch_unwind(|| {
+                    LoadedModel::load(
+                        &options.model_path,
+                        options.chat_template,
+                        options.config.context_per_sequence,
+                    )
+                })
+                .unwrap_or_else(|payload| {
+                    Err(EngineError::Load(format!(
+                        "panicked: {}",
+                        scheduler::panic_message(payload.as_ref())
+                    )))
+                })
                 .map(Arc::new)
                 .and_then(|model| {
-                    Scheduler::new(Arc::clone(&model), options.config, stats, step_budget)
-                        .map(|scheduler| (model, scheduler))
+                    Scheduler::new(
+                        Arc::clone(&model),
+                        options.config,
+                        stats,
+                        step_budget,
+                        heartbeat,
+                    )
+                    .map(|scheduler| (model, scheduler))
                 });
                 match loaded {
                     Ok((model, scheduler)) => {
@@ -196,7 +230,32 @@ impl EngineHandle {
         match self.status() {
             EngineStatus::Ready(model) => Ok(model),
             EngineStatus::Loading => Err(EngineError::Loading),
-            EngineStatus::Failed(message) => Err(EngineError::Load(message)),
+            EngineStatus::Failed(reason) => Err(EngineError::Failed(reason)),
+        }
+    }
+
+    /// How long the engine has had work without finishing a step, once
+    /// that is `engine.step_stall_timeout_ms` or more: it is stuck.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.stall_timeout
+            .and_then(|timeout| self.heartbeat.stalled_for(timeout))
+    }
+
+    /// Waits until the engine fails (loading, or later) and returns why;
+    /// never returns while it serves, or once it stopped without failing.
+    pub async fn wait_failed(&self) -> String {
+        let mut status = self.status.clone();
+        let reason = match status
+            .wait_for(|status| matches!(status, EngineStatus::Failed(_)))
+            .await
+            .as_deref()
+        {
+            Ok(EngineStatus::Failed(reason)) => Some(reason.clone()),
+            _ => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 
@@ -210,7 +269,7 @@ impl EngineHandle {
             .clone();
         match status {
             EngineStatus::Ready(model) => Ok(model),
-            EngineStatus::Failed(message) => Err(EngineError::Load(message)),
+            EngineStatus::Failed(reason) => Err(EngineError::Failed(reason)),
             EngineStatus::Loading => unreachable!("waited for a status other than Loading"),
         }
     }
@@ -234,6 +293,14 @@ impl EngineHandle {
         let _ = self.submissions.send(Command::Stall(duration));
     }
 
+    /// Fault injection for chaos tests: the engine thread panics at its next
+    /// step, as a bug would make it; the engine supervises that like any
+    /// fatal error (status `Failed`, every stream ends with an error).
+    pub fn inject_panic(&self) {
+        // A stopped engine has nothing to panic.
+        let _ = self.submissions.send(Command::Panic);
+    }
+
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
@@ -247,13 +314,16 @@ impl EngineHandle {
     /// Asks the engine to prefill `prompt_tokens` (all but the last) while
     /// the request waits for admission, in step budget that running streams
     /// leave spare. Preparing is best effort: the engine may never start it.
-    pub fn prepare(&self, prompt_tokens: Vec<i32>) -> PrepHandle {
+    /// `cache_namespace` is the request's (see
+    /// [`GenerationRequest::cache_namespace`]).
+    pub fn prepare(&self, prompt_tokens: Vec<i32>, cache_namespace: &str) -> PrepHandle {
         let id = self.next_prep.fetch_add(1, Ordering::Relaxed);
         let (alive, alive_rx) = oneshot::channel();
         // A stopped engine has nothing to prepare; the handle is inert then.
         let _ = self.submissions.send(Command::Prepare(PrepJob {
             id,
             prompt_tokens,
+            cache_namespace: Arc::from(cache_namespace),
             alive,
         }));
         PrepHandle {

@@ -10,7 +10,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::EngineError;
-use crate::template::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, TemplateError};
+use crate::template::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, Segment, TemplateError};
 
 /// llama.cpp's backend may be initialised once per process. Initialising it
 /// fails only if something else in the process did so first.
@@ -84,25 +84,49 @@ impl LoadedModel {
         })
     }
 
-    /// Tokenizes `text`, parsing special tokens. `add_special` adds BOS when
-    /// the model asks for one.
+    /// Tokenizes `text`, parsing special tokens: its author may spell
+    /// `<|im_start|>` and get the control token. That is right for a raw
+    /// `/v1/completions` prompt, whose client owns the whole prompt, and
+    /// wrong for chat content (see [`Self::tokenize_chat`]). `add_special`
+    /// adds BOS when the model asks for one.
     pub fn tokenize(&self, text: &str, add_special: bool) -> Vec<i32> {
+        self.tokenize_as(text, add_special, true)
+    }
+
+    fn tokenize_as(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<i32> {
         self.model
             .vocab()
-            .tokenize(text.as_bytes(), add_special, true)
+            .tokenize(text.as_bytes(), add_special, parse_special)
             .into_iter()
             .map(|token| token.0)
             .collect()
     }
 
-    /// Renders a conversation with the chat template and tokenizes it.
+    /// Renders a conversation with the chat template and tokenizes it. Only
+    /// the template's text may spell special tokens: a message's content is
+    /// tokenized as plain text, so a client cannot forge turns
+    /// (`<|im_end|><|im_start|>system ...`) or other control tokens.
     pub fn tokenize_chat(&self, messages: &[ChatMessage]) -> Result<Vec<i32>, TemplateError> {
-        let text = self.chat_template.render(messages, true)?;
+        let segments = self.chat_template.render_segments(messages, true)?;
         // Templates that write the BOS text themselves must not get a second one.
         let vocab = self.model.vocab();
         let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
-        let add_bos = vocab.should_add_bos() && !text.as_bytes().starts_with(&bos_text);
-        Ok(self.tokenize(&text, add_bos))
+        let template_writes_bos = matches!(
+            segments.first(),
+            Some(Segment::Template(text)) if text.as_bytes().starts_with(&bos_text)
+        );
+        let mut tokens = Vec::new();
+        if vocab.should_add_bos() && !template_writes_bos {
+            tokens.push(vocab.bos().0);
+        }
+        for segment in &segments {
+            let (text, parse_special) = match segment {
+                Segment::Template(text) => (text.as_str(), true),
+                Segment::Content(index) => (messages[*index].content.as_str(), false),
+            };
+            tokens.extend(self.tokenize_as(text, false, parse_special));
+        }
+        Ok(tokens)
     }
 
     /// Text of `tokens`, for tests and logs.

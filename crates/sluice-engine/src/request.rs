@@ -50,6 +50,11 @@ pub struct GenerationRequest {
     /// Look up a cached prefix (the `prefix_cache` flag's decision for this
     /// request); false prefills the whole prompt.
     pub use_prefix_cache: bool,
+    /// Whose cached KV the request may reuse: the prefix cache, KV copies
+    /// and KV preps only match within one namespace, so no tenant's request
+    /// reuses (or learns through `cached_tokens`) another tenant's prompt.
+    /// The server derives it from the tenant and the request's `cache_salt`.
+    pub cache_namespace: String,
     /// Who sent it: prefill chunks go first to tenants with the fewest
     /// sequences in the engine, so one tenant's flood of prompts cannot
     /// hold back another tenant's first token.

@@ -125,13 +125,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         },
         "listening"
     );
+    // Loading or later: a failed engine serves nothing, so the process
+    // drains and exits non-zero for its supervisor to restart it.
     let engine = server.engine().clone();
-    let load_failure = async move {
-        match engine.wait_ready().await {
-            Ok(_) => std::future::pending().await,
-            Err(err) => err,
-        }
-    };
+    let engine_failure = async move { engine.wait_failed().await };
     let reloads = reload_on_sighup(&server, &args);
     let outcome = tokio::select! {
         () = shutdown_signal() => {
@@ -143,7 +140,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             });
             Ok(())
         }
-        err = load_failure => Err(err.to_string()),
+        reason = engine_failure => Err(reason),
         () = reloads => Ok(()),
     };
     server.shutdown();

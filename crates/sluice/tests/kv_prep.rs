@@ -173,6 +173,7 @@ async fn preps_never_take_a_sequence_a_request_waits_for() {
         use_prefix_cache: true,
         on_slow_consumer: None,
         tenant: "default".to_owned(),
+        cache_namespace: "default".to_owned(),
     };
     // Both sequences run and a third request waits for one.
     let mut streams: Vec<_> = ["A story about a ship.", "A story about a train."]
@@ -188,7 +189,7 @@ async fn preps_never_take_a_sequence_a_request_waits_for() {
          cargo, tides and the people who work on the docks every day.",
         true,
     );
-    let prep = engine.prepare(prompt.clone());
+    let prep = engine.prepare(prompt.clone(), "default");
     let stats = engine.stats();
     let steps = stats.steps_total.load(Ordering::Relaxed);
     // Some steps ran after the prep arrived, none of them started it.

@@ -87,6 +87,10 @@ pub struct EngineConfig {
     /// still queued for admission, from budget the step leaves spare. 0 turns
     /// KV prep off; it needs `prefix_cache`.
     pub prep_tokens_per_step: u32,
+    /// An engine with work that has not finished a step for this long is
+    /// reported stalled: `/health/live` answers 503, so an orchestrator
+    /// restarts the process. 0: never reported stalled.
+    pub step_stall_timeout_ms: u64,
 }
 
 impl EngineConfig {
@@ -112,6 +116,7 @@ impl Default for EngineConfig {
             max_waiting: 1024,
             prefix_cache: true,
             prep_tokens_per_step: 32,
+            step_stall_timeout_ms: 30_000,
         }
     }
 }

@@ -23,7 +23,7 @@ pub use server::{
     AdmissionConfig, Http2Config, LimitsConfig, ServerConfig, TenantConfig, TlsConfig,
     WebSocketConfig,
 };
-pub use validate::MIN_PARK_MS;
+pub use validate::{MIN_PARK_MS, MIN_STEP_STALL_TIMEOUT_MS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

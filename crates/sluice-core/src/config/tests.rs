@@ -164,6 +164,23 @@ fn park_limit_is_off_or_long_enough_to_outlast_a_step() {
 }
 
 #[test]
+fn step_stall_timeout_is_off_or_longer_than_a_slow_step() {
+    let parse = |ms: u64| {
+        RuntimeConfig::from_yaml(&format!("engine:\n  step_stall_timeout_ms: {ms}\n"), "test")
+    };
+    let err = parse(MIN_STEP_STALL_TIMEOUT_MS - 1).unwrap_err();
+    assert!(err.to_string().contains("step_stall_timeout_ms"), "{err}");
+    assert_eq!(parse(0).unwrap().engine.step_stall_timeout_ms, 0);
+    assert_eq!(
+        parse(MIN_STEP_STALL_TIMEOUT_MS)
+            .unwrap()
+            .engine
+            .step_stall_timeout_ms,
+        MIN_STEP_STALL_TIMEOUT_MS
+    );
+}
+
+#[test]
 fn mixed_tenant_step_cap_is_off_or_at_least_a_prefill_chunk() {
     let parse = |cap: u32| {
         RuntimeConfig::from_yaml(

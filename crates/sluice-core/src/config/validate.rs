@@ -21,6 +21,10 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 /// Far above any useful step (a step this size already takes seconds on a
 /// CPU) and small enough that the llama.cpp batch it sizes stays modest.
 const MAX_STEP_TOKEN_BUDGET: u32 = 16_384;
+/// Shortest `engine.step_stall_timeout_ms` other than 0: a long prefill
+/// step on a slow machine takes a good part of a second, and a live engine
+/// must not be reported stalled.
+pub const MIN_STEP_STALL_TIMEOUT_MS: u64 = 1_000;
 
 impl RuntimeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -111,6 +115,10 @@ impl RuntimeConfig {
             (
                 (1..MIN_PARK_MS).contains(&engine.max_park_ms),
                 "engine.max_park_ms must be 0 (no limit) or at least 100",
+            ),
+            (
+                (1..MIN_STEP_STALL_TIMEOUT_MS).contains(&engine.step_stall_timeout_ms),
+                "engine.step_stall_timeout_ms must be 0 (off) or at least 1000",
             ),
             (
                 self.server.max_body_bytes < 1024,

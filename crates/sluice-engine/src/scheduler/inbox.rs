@@ -3,6 +3,7 @@
 //! of requests waiting for a sequence, and admitting them into free slots at
 //! the start of each step.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub(crate) enum Command {
     /// Fault injection: the engine thread sleeps this long before its next
     /// step, as a stuck kernel would hold it.
     Stall(Duration),
+    /// Fault injection: the engine thread panics at its next step.
+    Panic,
 }
 
 pub(crate) struct Submission {
@@ -34,6 +37,7 @@ pub(crate) struct Submission {
 pub(crate) struct PrepJob {
     pub id: u64,
     pub prompt_tokens: Vec<i32>,
+    pub cache_namespace: Arc<str>,
     /// Closed when the `PrepHandle` is dropped.
     pub alive: oneshot::Sender<()>,
 }
@@ -52,6 +56,7 @@ impl Scheduler {
                 }
             }
             Command::Stall(duration) => std::thread::sleep(duration),
+            Command::Panic => self.panic_at_next_step = true,
         }
     }
 
@@ -77,6 +82,7 @@ impl Scheduler {
             };
             let taken = self.take_slot(
                 &submission.request.prompt_tokens,
+                &submission.request.cache_namespace,
                 submission.request.use_prefix_cache,
                 submission.prep.as_ref().map(|prep| prep.id),
             )?;

@@ -106,6 +106,7 @@ impl Scheduler {
             .preps
             .pop_front()
             .ok_or_else(|| inconsistent("none is queued"))?;
+        self.cached[slot].namespace = job.cache_namespace;
         self.cached[slot].prep = Some(Prep {
             id: job.id,
             target: job.prompt_tokens,

@@ -17,8 +17,9 @@
 //! - [`executor`]: the plan into a llama.cpp batch, decode, sample.
 //! - [`exit_gate`]: keeps process exit from tearing llama.cpp down mid-step.
 
-// The engine thread must not panic: a panic there ends every stream without
-// a word and leaves the status `Ready`. Errors fail a batch or the engine.
+// The engine thread must not panic: errors fail a batch or the engine. A
+// panic all the same (a bug, or inside llama.cpp's bindings) is caught in
+// `Scheduler::run` and fails the engine like an `EngineFault`.
 #![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
 
 mod executor;
@@ -30,8 +31,10 @@ mod planner;
 mod prefix_cache;
 mod sequence;
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -43,6 +46,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use sluice_core::config::EngineConfig;
 use tokio::sync::watch;
 
+use crate::heartbeat::Heartbeat;
 use crate::model::{LoadedModel, backend};
 use crate::request::StreamEvent;
 use crate::{EngineError, EngineStats, EngineStatus};
@@ -87,6 +91,9 @@ pub(crate) struct Scheduler {
     /// Tokens per step, set at run time by the governor (within
     /// `min_prefill_chunk..=step_budget_ceiling()`); read once per step.
     step_budget: Arc<AtomicU32>,
+    heartbeat: Arc<Heartbeat>,
+    /// Fault injection: panic at the start of the next step.
+    panic_at_next_step: bool,
     slots: Vec<Option<Sequence>>,
     /// Per slot, what its KV holds while the slot is free.
     cached: Vec<CachedPrefix>,
@@ -114,6 +121,7 @@ impl Scheduler {
         config: EngineConfig,
         stats: Arc<EngineStats>,
         step_budget: Arc<AtomicU32>,
+        heartbeat: Arc<Heartbeat>,
     ) -> Result<Self, EngineError> {
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -148,6 +156,8 @@ impl Scheduler {
             config,
             stats,
             step_budget,
+            heartbeat,
+            panic_at_next_step: false,
             slots,
             cached,
             frees: 0,
@@ -165,13 +175,24 @@ impl Scheduler {
     }
 
     /// Runs until every handle is dropped and the remaining work is done, or
-    /// until an [`EngineFault`]: then `status` becomes `Failed` first (so no
-    /// new request is accepted) and every stream ends with the error. Every
-    /// step, and freeing the context at the end, happens inside the exit
-    /// gate (see the `exit_gate` module).
+    /// until an [`EngineFault`] or a panic: then `status` becomes `Failed`
+    /// first (so no new request is accepted) and every stream ends with the
+    /// error. Every step, and freeing the context at the end, happens inside
+    /// the exit gate (see the `exit_gate` module).
     pub(crate) fn run(mut self, commands: Receiver<Command>, status: &watch::Sender<EngineStatus>) {
         close_exit_gate_at_process_exit();
-        if let Err(EngineFault(fault)) = self.run_steps(&commands) {
+        // After a panic the engine's state is not trusted: nothing is read
+        // from it but the streams' outboxes, to tell each client.
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_steps(&commands))).unwrap_or_else(
+            |payload| {
+                Err(EngineFault(format!(
+                    "the engine thread panicked: {}",
+                    panic_message(payload.as_ref())
+                )))
+            },
+        );
+        self.heartbeat.idle();
+        if let Err(EngineFault(fault)) = outcome {
             let message = format!("the engine failed: {fault}");
             tracing::error!(%message, "engine stopped; ending every stream");
             status.send_replace(EngineStatus::Failed(message.clone()));
@@ -192,7 +213,10 @@ impl Scheduler {
                 // The last step may have finished sequences after it
                 // published: publish the idle state before blocking.
                 self.publish_stats();
-                match commands.recv() {
+                self.heartbeat.idle();
+                let command = commands.recv();
+                self.heartbeat.working();
+                match command {
                     Ok(command) => self.enqueue(command),
                     Err(_) => return Ok(()),
                 }
@@ -211,6 +235,7 @@ impl Scheduler {
                 let _gate = exit_gate();
                 self.step()?
             };
+            self.heartbeat.beat();
             if !progressed && handles_alive && self.has_work() {
                 // Every stream is parked or draining: wait briefly for clients.
                 match commands.recv_timeout(PARKED_POLL) {
@@ -235,6 +260,9 @@ impl Scheduler {
     /// One engine step. Returns whether it made progress (the model ran, or
     /// a failed batch ended its streams).
     fn step(&mut self) -> Result<bool, EngineFault> {
+        if self.panic_at_next_step {
+            panic!("injected by POST /admin/fault/panic");
+        }
         let now = Instant::now();
         self.flush_draining(now);
         self.release_gone_clients(now)?;
@@ -306,7 +334,7 @@ impl Scheduler {
         let queued = std::mem::take(&mut self.waiting);
         let in_channel = commands.try_iter().filter_map(|command| match command {
             Command::Generate(submission) => Some(submission),
-            Command::Prepare(_) | Command::Stall(_) => None,
+            Command::Prepare(_) | Command::Stall(_) | Command::Panic => None,
         });
         for submission in queued.into_iter().chain(in_channel) {
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -336,4 +364,13 @@ impl Scheduler {
             .sum();
         self.stats.kv_cached_tokens.store(cached, Ordering::Relaxed);
     }
+}
+
+/// The message a panic was raised with, for the engine's failure reason.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }

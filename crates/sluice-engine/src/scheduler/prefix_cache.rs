@@ -3,8 +3,12 @@
 //! the longest prefix of its prompt and prefills only the rest, or copies
 //! the prefix from a running sequence. Sits between admission and the first
 //! prefill step; it also evicts (clears) slots, least recently used first.
+//! KV is shared only within one cache namespace (the tenant and its
+//! `cache_salt`): no request reuses another tenant's prompt, and so its
+//! `cached_tokens` reveal nothing about other tenants' prompts.
 
 use std::cmp::Reverse;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::kv_prep::Prep;
@@ -29,6 +33,8 @@ pub(super) struct CachedPrefix {
     /// The tokens at positions `0..len` of the slot's KV; empty when the
     /// slot is in use or its KV was cleared.
     pub tokens: Vec<i32>,
+    /// The cache namespace of the stream or prep that left `tokens`.
+    pub namespace: Arc<str>,
     /// When the slot was last freed (a counter), for least-recently-used
     /// eviction.
     pub freed_at: u64,
@@ -63,10 +69,11 @@ impl Scheduler {
     /// sequence's prefix. None when no slot is free. Only free slots are
     /// taken: the KV of a running stream is never evicted or truncated. A
     /// slot pinned to a KV prep is a match only for the prep's request
-    /// (`prep`).
+    /// (`prep`). Only KV of `namespace` is reused or copied.
     pub(super) fn take_slot(
         &mut self,
         prompt: &[i32],
+        namespace: &str,
         use_prefix_cache: bool,
         prep: Option<u64>,
     ) -> Result<Option<TakenSlot>, EngineFault> {
@@ -93,7 +100,7 @@ impl Scheduler {
         let best = free
             .filter(|&slot| self.cached[slot].prep.is_none() || own_prep(&self.cached[slot]))
             .map(|slot| {
-                let common = common_prefix(&self.cached[slot].tokens, prompt);
+                let common = self.cached[slot].reusable(namespace, prompt);
                 (slot, common.min(usable))
             })
             .max_by_key(|&(slot, reuse)| {
@@ -109,7 +116,7 @@ impl Scheduler {
         let reuse = best.map_or(0, |(_, reuse)| reuse);
         // A copy moves a whole KV stream; it must save more than reuse does.
         let copy_from = self
-            .busy_prefix(prompt)
+            .busy_prefix(prompt, namespace)
             .map(|source| PrefixSource {
                 len: source.len.min(usable),
                 ..source
@@ -189,11 +196,16 @@ impl Scheduler {
     /// chat template's opening, and one still prefilling it may be another
     /// tenant's, prefilled after this one (tenant-fair order): waiting for
     /// it costs at least a step.
-    fn busy_prefix(&self, prompt: &[i32]) -> Option<PrefixSource> {
+    fn busy_prefix(&self, prompt: &[i32], namespace: &str) -> Option<PrefixSource> {
         let mut longest: Option<PrefixSource> = None;
         let mut longest_held: Option<PrefixSource> = None;
         for (slot, seq) in self.slots.iter().enumerate() {
-            let Some(seq) = seq else { continue };
+            let Some(seq) = seq
+                .as_ref()
+                .filter(|seq| *seq.cache_namespace == *namespace)
+            else {
+                continue;
+            };
             let source = PrefixSource {
                 slot,
                 admission_order: seq.admission_order,
@@ -237,7 +249,7 @@ impl Scheduler {
                 }
                 // The source ended (a one-token answer, a client gone): its
                 // KV may still be cached in its free slot.
-                None => common_prefix(&self.cached[source.slot].tokens, &seq.prompt),
+                None => self.cached[source.slot].reusable(&seq.cache_namespace, &seq.prompt),
                 Some(_) => 0,
             };
             // Otherwise this sequence prefills the prefix itself.
@@ -305,6 +317,40 @@ impl Scheduler {
     }
 }
 
+impl CachedPrefix {
+    /// How many leading tokens of `prompt` a request of `namespace` may
+    /// reuse from this slot: none from another namespace's KV.
+    fn reusable(&self, namespace: &str, prompt: &[i32]) -> usize {
+        if *self.namespace == *namespace {
+            common_prefix(&self.tokens, prompt)
+        } else {
+            0
+        }
+    }
+}
+
 pub(super) fn common_prefix(a: &[i32], b: &[i32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(namespace: &str, tokens: &[i32]) -> CachedPrefix {
+        CachedPrefix {
+            tokens: tokens.to_vec(),
+            namespace: Arc::from(namespace),
+            ..CachedPrefix::default()
+        }
+    }
+
+    #[test]
+    fn a_cached_prefix_is_reusable_only_within_its_namespace() {
+        let prompt: Vec<i32> = (0..40).collect();
+        let slot = cached("tenant-a", &prompt[..32]);
+        assert_eq!(slot.reusable("tenant-a", &prompt), 32);
+        assert_eq!(slot.reusable("tenant-b", &prompt), 0);
+        assert_eq!(slot.reusable("", &prompt), 0);
+    }
 }

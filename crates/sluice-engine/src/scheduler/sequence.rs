@@ -25,6 +25,8 @@ pub(super) struct Sequence {
     pub admission_order: u64,
     /// Shared with the planner's input, which is rebuilt every step.
     pub tenant: Arc<str>,
+    /// Only sequences and cached prefixes of this namespace share KV with it.
+    pub cache_namespace: Arc<str>,
     pub prompt: Vec<i32>,
     /// Prompt tokens already in the KV cache (reused ones included).
     pub prefilled: usize,
@@ -141,6 +143,7 @@ impl Scheduler {
             seq_id: slot as i32,
             admission_order,
             tenant: Arc::from(request.tenant),
+            cache_namespace: Arc::from(request.cache_namespace),
             prompt: request.prompt_tokens,
             prefilled: kv_tokens.len(),
             reused: kv_tokens.len(),
@@ -187,6 +190,7 @@ impl Scheduler {
         self.cached[slot].freed_at = self.frees;
         if keep_kv && self.config.prefix_cache {
             self.cached[slot].tokens = seq.kv_tokens;
+            self.cached[slot].namespace = seq.cache_namespace;
         } else {
             self.clear_kv(slot)?;
         }

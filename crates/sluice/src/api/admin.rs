@@ -204,3 +204,22 @@ pub async fn inject_stall(
     tracing::warn!(ms = fault.ms, "admin: engine stall injected");
     Ok(axum::Json(json!({"fault": "stall", "ms": fault.ms})).into_response())
 }
+
+/// Fault injection: the engine thread panics at its next step, as a bug
+/// would make it. The engine fails (`/health` 503 with the reason), its
+/// streams end with an error event, and the process exits non-zero once
+/// drained. Answers at once.
+pub async fn inject_panic(
+    State(admin): State<Arc<AdminState>>,
+    State(pipeline): State<Arc<Pipeline>>,
+    headers: HeaderMap,
+    uri: OriginalUri,
+) -> Result<Response, ApiError> {
+    if !admin.server.fault_injection {
+        return Err(ApiError::not_found(uri.path()));
+    }
+    authorize_admin(&admin.server, &headers, uri.path())?;
+    pipeline.engine().inject_panic();
+    tracing::warn!("admin: engine panic injected");
+    Ok(axum::Json(json!({"fault": "panic"})).into_response())
+}

@@ -1,14 +1,16 @@
-//! Operations endpoints: `/v1/models`, `/health`, `/metrics`, and the
-//! OpenAI-style answers for unknown paths and methods.
+//! Operations endpoints: `/v1/models`, `/health` (and Kubernetes' pair,
+//! `/health/live` and `/health/ready`), `/metrics`, and the OpenAI-style
+//! answers for unknown paths and methods.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{OriginalUri, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sluice_core::admission::Admission;
-use sluice_engine::EngineStatus;
+use sluice_engine::{EngineHandle, EngineStatus};
 
 use crate::openai::ApiError;
 use crate::pipeline::Pipeline;
@@ -43,26 +45,80 @@ pub async fn models(
     .into_response()
 }
 
-pub async fn health(State(pipeline): State<Arc<Pipeline>>) -> Response {
-    let (status, body) = if pipeline.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "draining"}),
-        )
-    } else {
-        match pipeline.engine().status() {
-            EngineStatus::Ready(_) => (StatusCode::OK, json!({"status": "ok"})),
-            EngineStatus::Loading => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "loading"}),
-            ),
-            EngineStatus::Failed(error) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "failed", "error": error}),
-            ),
+/// The engine's health as the probes see it, worst first.
+enum EngineHealth {
+    Failed(String),
+    /// Has work and has not finished a step for this long.
+    Stalled(Duration),
+    Loading,
+    Ready,
+}
+
+impl EngineHealth {
+    fn of(engine: &EngineHandle) -> Self {
+        match engine.status() {
+            EngineStatus::Failed(reason) => Self::Failed(reason),
+            EngineStatus::Loading => Self::Loading,
+            EngineStatus::Ready(_) => match engine.stalled_for() {
+                Some(silent) => Self::Stalled(silent),
+                None => Self::Ready,
+            },
         }
+    }
+
+    /// The body of a probe that fails on this, or None.
+    fn failure(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::Failed(reason) => Some(json!({"status": "failed", "error": reason})),
+            Self::Stalled(silent) => Some(json!({
+                "status": "stalled",
+                "error": format!(
+                    "the engine has had work without finishing a step for {} ms",
+                    silent.as_millis()
+                ),
+            })),
+            Self::Loading | Self::Ready => None,
+        }
+    }
+}
+
+fn probe(ok: bool, body: serde_json::Value) -> Response {
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// 200 only while the server serves: the model loaded, not draining, the
+/// engine healthy.
+pub async fn health(State(pipeline): State<Arc<Pipeline>>) -> Response {
+    let health = EngineHealth::of(pipeline.engine());
+    if let Some(failure) = health.failure() {
+        return probe(false, failure);
+    }
+    if pipeline.is_draining() {
+        return probe(false, json!({"status": "draining"}));
+    }
+    match health {
+        EngineHealth::Loading => probe(false, json!({"status": "loading"})),
+        _ => probe(true, json!({"status": "ok"})),
+    }
+}
+
+/// Liveness: 503 only when restarting the process is the cure, the engine
+/// failed or stalled. Loading and draining are alive.
+pub async fn live(State(pipeline): State<Arc<Pipeline>>) -> Response {
+    match EngineHealth::of(pipeline.engine()).failure() {
+        Some(failure) => probe(false, failure),
+        None => probe(true, json!({"status": "alive"})),
+    }
+}
+
+/// Readiness: whether to send this server requests; the same as `/health`.
+pub async fn ready(state: State<Arc<Pipeline>>) -> Response {
+    health(state).await
 }
 
 pub async fn metrics(

@@ -306,8 +306,22 @@ impl From<EngineError> for ApiError {
             EngineError::Load(message) => {
                 Self::unavailable(format!("The model failed to load: {message}"))
             }
+            EngineError::Failed(reason) => Self::unavailable(sentence(&reason)),
         }
     }
+}
+
+/// `reason` as a sentence: capitalised, with a full stop.
+fn sentence(reason: &str) -> String {
+    let mut chars = reason.chars();
+    let mut text: String = chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default();
+    if !text.ends_with('.') {
+        text.push('.');
+    }
+    text
 }
 
 impl ApiError {

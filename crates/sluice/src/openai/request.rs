@@ -46,6 +46,9 @@ pub struct CommonParams {
     /// vLLM's extension: generate past end-of-generation tokens.
     #[serde(default)]
     pub ignore_eos: bool,
+    /// vLLM's extension: requests share cached prompt KV only with the same
+    /// salt (and tenant), so a client can keep its prompts to itself.
+    pub cache_salt: Option<String>,
     pub n: Option<i64>,
     pub logprobs: Option<Value>,
     pub best_of: Option<i64>,
@@ -169,6 +172,7 @@ impl CommonParams {
         let max_tokens = self.max_tokens()?;
         self.check_unsupported()?;
         let stop = self.stop_sequences(limits)?;
+        self.check_cache_salt()?;
         if self.stream_options.is_some() && !self.stream {
             return Err(ApiError::invalid(
                 "stream_options",
@@ -184,6 +188,7 @@ impl CommonParams {
             max_tokens,
             stop,
             ignore_eos: self.ignore_eos,
+            cache_salt: self.cache_salt.clone(),
             sampling: self.sampling(),
             arrived_at,
         })
@@ -313,6 +318,21 @@ impl CommonParams {
         Ok(stop)
     }
 
+    fn check_cache_salt(&self) -> Result<(), ApiError> {
+        match &self.cache_salt {
+            Some(salt) if salt.is_empty() || salt.len() > MAX_CACHE_SALT_BYTES => {
+                Err(ApiError::invalid(
+                    "cache_salt",
+                    format!(
+                        "'cache_salt' must be 1 to {MAX_CACHE_SALT_BYTES} bytes, got {}.",
+                        salt.len()
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The requested sampling, with the engine's defaults for what is unset.
     fn sampling(&self) -> SamplingParams {
         let defaults = SamplingParams::default();
@@ -377,6 +397,9 @@ fn check_prompt_size(prompt: &Prompt, max_bytes: usize) -> Result<(), ApiError> 
     }
     Ok(())
 }
+
+/// Longest `cache_salt` accepted: a salt needs no more to be unguessable.
+const MAX_CACHE_SALT_BYTES: usize = 256;
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
@@ -536,6 +559,32 @@ mod tests {
         assert_eq!(
             param_of(r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#),
             Some("messages[0].role".into())
+        );
+    }
+
+    #[test]
+    fn cache_salt_is_passed_on_when_one_to_256_bytes() {
+        let with_salt = |salt: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"cache_salt":"{salt}"}}"#
+            )
+        };
+        let params = validate(&with_salt("team-7")).unwrap();
+        assert_eq!(params.cache_salt.as_deref(), Some("team-7"));
+        assert_eq!(
+            validate(&with_salt(&"s".repeat(256)))
+                .unwrap()
+                .cache_salt
+                .map(|s| s.len()),
+            Some(256)
+        );
+        for bad in [String::new(), "s".repeat(257)] {
+            assert_eq!(param_of(&with_salt(&bad)).as_deref(), Some("cache_salt"));
+        }
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"cache_salt":7}"#)
+                .as_deref(),
+            Some("cache_salt")
         );
     }
 

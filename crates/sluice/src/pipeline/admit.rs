@@ -56,9 +56,11 @@ impl Pipeline {
             .charge_tokens(&tenant, prompt_tokens as u64 + u64::from(max_tokens))
             .map_err(|rejection| self.rejected(&tenant, rejection))?;
         let flags = self.decide_flags(&tenant);
+        let namespace = cache_namespace(&tenant, prepared.params.cache_salt.as_deref());
         let speculation = Speculation::plan(
             &self.openings,
             flags.speculation.on,
+            &namespace,
             &prepared.prompt,
             &prepared.params,
             max_tokens,
@@ -69,10 +71,16 @@ impl Pipeline {
             None
         } else {
             let prep = self
-                .wait_for_admission(handle, &flags, &prepared.prompt)
+                .wait_for_admission(handle, &flags, &prepared.prompt, &namespace)
                 .await?;
-            let engine_stream =
-                self.submit(handle, &prepared, &speculation, &flags, max_tokens, prep)?;
+            let submission = Submission {
+                prepared: &prepared,
+                speculation: &speculation,
+                flags: &flags,
+                namespace,
+                max_tokens,
+            };
+            let engine_stream = self.submit(handle, submission, prep)?;
             handle.advance(Stage::Prefilling);
             Some(engine_stream)
         };
@@ -130,9 +138,10 @@ impl Pipeline {
         handle: &mut StreamHandle,
         flags: &FlagDecisions,
         prompt: &[i32],
+        namespace: &str,
     ) -> Result<Option<PrepHandle>, PipelineError> {
         let prep = (flags.kv_prep.on && flags.prefix_cache.on && self.would_queue())
-            .then(|| self.engine.prepare(prompt.to_vec()));
+            .then(|| self.engine.prepare(prompt.to_vec(), namespace));
         handle
             .admit(&self.admission)
             .await
@@ -150,12 +159,16 @@ impl Pipeline {
     fn submit(
         &self,
         handle: &mut StreamHandle,
-        prepared: &Prepared,
-        speculation: &Speculation,
-        flags: &FlagDecisions,
-        max_tokens: u32,
+        submission: Submission<'_>,
         prep: Option<PrepHandle>,
     ) -> Result<GenerationStream, PipelineError> {
+        let Submission {
+            prepared,
+            speculation,
+            flags,
+            namespace,
+            max_tokens,
+        } = submission;
         let served = speculation.served_token_ids();
         let mut prompt_tokens = prepared.prompt.clone();
         prompt_tokens.extend_from_slice(&served);
@@ -168,6 +181,7 @@ impl Pipeline {
             ignore_eos: params.ignore_eos,
             arrived_at: params.arrived_at,
             use_prefix_cache: flags.prefix_cache.on,
+            cache_namespace: namespace,
             tenant: handle.tenant().to_owned(),
             on_slow_consumer: Some(self.slow_consumer_hook(handle.id())),
         };
@@ -256,6 +270,25 @@ impl Pipeline {
             rejection,
         }
     }
+}
+
+/// What [`Pipeline::submit`] hands the engine, decided before admission.
+struct Submission<'a> {
+    prepared: &'a Prepared,
+    speculation: &'a Speculation,
+    flags: &'a FlagDecisions,
+    namespace: String,
+    max_tokens: u32,
+}
+
+/// Whose cached prompts a request may reuse: its tenant's, under the same
+/// `cache_salt` (none is a namespace of its own). The prefix cache, KV copies,
+/// KV preps and cached openings match only within one namespace, so no
+/// tenant's `cached_tokens` or speculated opening tells it anything about
+/// another tenant's prompts (the class of vLLM's CVE-2025-46570). The
+/// tenant's length first: no other tenant and salt spell the same string.
+fn cache_namespace(tenant: &str, cache_salt: Option<&str>) -> String {
+    format!("{}:{tenant}:{}", tenant.len(), cache_salt.unwrap_or(""))
 }
 
 /// The most tokens the request may generate: what it asked for, within the

@@ -84,6 +84,9 @@ pub struct GenerationParams {
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// Shares cached prompt KV and openings only with requests of the same
+    /// tenant and salt (see `admit::cache_namespace`).
+    pub cache_salt: Option<String>,
     pub sampling: SamplingParams,
     pub arrived_at: Instant,
 }

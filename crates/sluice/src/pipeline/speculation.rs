@@ -65,6 +65,7 @@ impl Speculation {
     pub fn plan(
         store: &OpeningStore,
         flag_on: bool,
+        namespace: &str,
         prompt: &[i32],
         params: &GenerationParams,
         max_tokens: u32,
@@ -76,7 +77,7 @@ impl Speculation {
         if !flag_on || !deterministic || !params.stop.is_empty() {
             return Self::Off;
         }
-        let key = speculation_key(prompt, params);
+        let key = speculation_key(namespace, prompt, params);
         let Some(mut opening) = store.get(&key) else {
             return Self::Record { key };
         };
@@ -144,11 +145,14 @@ impl Speculation {
     }
 }
 
-/// The exact prompt and every parameter that shapes the answer's opening
+/// The cache namespace (openings are not shared across tenants or salts),
+/// the exact prompt and every parameter that shapes the answer's opening
 /// (not `max_tokens`: it only cuts the answer short).
-fn speculation_key(prompt: &[i32], params: &GenerationParams) -> Vec<u8> {
+fn speculation_key(namespace: &str, prompt: &[i32], params: &GenerationParams) -> Vec<u8> {
     let sampling = &params.sampling;
-    let mut key = Vec::with_capacity(prompt.len() * 4 + 48);
+    let mut key = Vec::with_capacity(namespace.len() + prompt.len() * 4 + 56);
+    key.extend_from_slice(&(namespace.len() as u64).to_le_bytes());
+    key.extend_from_slice(namespace.as_bytes());
     for token in prompt {
         key.extend_from_slice(&token.to_le_bytes());
     }
