@@ -24,6 +24,7 @@ use crate::pipeline::{Endpoint, Pipeline};
 pub use admin::AdminState;
 pub use auth::TenantKeys;
 pub use ops::OpsState;
+pub use ws::{ClientCommand, parse_client_message};
 
 /// Everything the handlers use, split into the sub-states they take.
 #[derive(Clone)]
