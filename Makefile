@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup serve test lint bench-foundation
+.PHONY: setup serve test fuzz lint bench-foundation
 
 setup:
 	scripts/setup.sh
@@ -19,6 +19,12 @@ test:
 	python3 scripts/check_layers.py
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release --workspace
+
+## Every fuzz target for FUZZ_SECONDS each (fuzz/README.md); stable falls
+## back to replaying the corpus.
+FUZZ_SECONDS ?= 20
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## HTTP vs raw-engine throughput at 1, 8 and 32 streams (issue: foundation).
 bench-foundation: setup

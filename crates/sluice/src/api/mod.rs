@@ -28,6 +28,7 @@ pub use auth::TenantKeys;
 pub use intake::PendingGate;
 pub use ops::OpsState;
 pub use origin::HostAllowlist;
+pub use ws::{ClientCommand, parse_client_message};
 
 /// Everything the handlers use, split into the sub-states they take.
 #[derive(Clone)]

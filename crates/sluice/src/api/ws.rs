@@ -90,6 +90,68 @@ enum ClientMessage {
     },
 }
 
+/// What a client message asks for, parsed and checked before it touches
+/// the socket's streams.
+#[derive(Debug)]
+pub enum ClientCommand {
+    Start {
+        id: String,
+        endpoint: Endpoint,
+        body: Value,
+    },
+    Cancel {
+        id: String,
+    },
+    /// The message cannot be acted on: send this error, for the stream it
+    /// names (none when it named no valid one).
+    Refuse {
+        id: Option<String>,
+        error: ApiError,
+    },
+}
+
+/// Parses one text message. Pure: whether a stream may start on this
+/// socket (duplicate id, stream limit) is the socket's to say.
+pub fn parse_client_message(text: &str) -> ClientCommand {
+    match serde_json::from_str(text) {
+        Ok(ClientMessage::Cancel { id }) => ClientCommand::Cancel { id },
+        Ok(ClientMessage::Request { id, path, body }) => {
+            let endpoint = match path.as_str() {
+                "/v1/chat/completions" => Endpoint::Chat,
+                "/v1/completions" => Endpoint::Completion,
+                _ => {
+                    let error = ApiError::invalid(
+                        "path",
+                        format!(
+                            "Unknown path '{path}': use /v1/chat/completions or /v1/completions."
+                        ),
+                    );
+                    return ClientCommand::Refuse {
+                        id: Some(id),
+                        error,
+                    };
+                }
+            };
+            if id.is_empty() || id.len() > MAX_STREAM_ID_BYTES {
+                return ClientCommand::Refuse {
+                    id: None,
+                    error: ApiError::invalid(
+                        "id",
+                        format!("Stream ids must be 1 to {MAX_STREAM_ID_BYTES} bytes."),
+                    ),
+                };
+            }
+            ClientCommand::Start { id, endpoint, body }
+        }
+        Err(err) => ClientCommand::Refuse {
+            id: None,
+            error: ApiError::bad_request(format!(
+                "Invalid message: {err}. Expected {{\"type\":\"request\",\"id\",\"path\",\"body\"}} or {{\"type\":\"cancel\",\"id\"}}."
+            )),
+        },
+    }
+}
+
 /// The socket's running streams.
 #[derive(Default)]
 struct Streams {
@@ -222,17 +284,12 @@ impl Socket {
     }
 
     fn handle_text(&mut self, text: &str, outbound: &Outbound) -> Option<Message> {
-        match serde_json::from_str(text) {
-            Ok(ClientMessage::Cancel { id }) => Some(self.cancel(id)),
-            Ok(ClientMessage::Request { id, path, body }) => {
-                self.request(id, &path, body, outbound)
+        match parse_client_message(text) {
+            ClientCommand::Cancel { id } => Some(self.cancel(id)),
+            ClientCommand::Start { id, endpoint, body } => {
+                self.request(id, endpoint, body, outbound)
             }
-            Err(err) => Some(error_message(
-                None,
-                &ApiError::bad_request(format!(
-                    "Invalid message: {err}. Expected {{\"type\":\"request\",\"id\",\"path\",\"body\"}} or {{\"type\":\"cancel\",\"id\"}}."
-                )),
-            )),
+            ClientCommand::Refuse { id, error } => Some(error_message(id.as_deref(), &error)),
         }
     }
 
@@ -258,34 +315,10 @@ impl Socket {
     fn request(
         &mut self,
         id: String,
-        path: &str,
+        endpoint: Endpoint,
         body: Value,
         outbound: &Outbound,
     ) -> Option<Message> {
-        let endpoint = match path {
-            "/v1/chat/completions" => Endpoint::Chat,
-            "/v1/completions" => Endpoint::Completion,
-            _ => {
-                return Some(error_message(
-                    Some(&id),
-                    &ApiError::invalid(
-                        "path",
-                        format!(
-                            "Unknown path '{path}': use /v1/chat/completions or /v1/completions."
-                        ),
-                    ),
-                ));
-            }
-        };
-        if id.is_empty() || id.len() > MAX_STREAM_ID_BYTES {
-            return Some(error_message(
-                None,
-                &ApiError::invalid(
-                    "id",
-                    format!("Stream ids must be 1 to {MAX_STREAM_ID_BYTES} bytes."),
-                ),
-            ));
-        }
         if self.streams.running.contains_key(&id) {
             return Some(error_message(
                 Some(&id),

@@ -195,11 +195,13 @@ impl ChunkFramer {
     }
 }
 
+/// The OpenAI `usage` object. The total is summed in `u64`: two `u32`
+/// counts may not fit one.
 pub fn usage_json(usage: Usage) -> serde_json::Value {
     serde_json::json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "total_tokens": u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens),
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     })
 }
@@ -286,5 +288,16 @@ mod tests {
         assert_eq!(chunk["object"], "text_completion");
         assert_eq!(chunk["choices"][0]["text"], "hi");
         assert!(chunk.get("usage").is_none());
+    }
+
+    /// Found by the `chunk_framer` fuzz target: the total overflowed `u32`.
+    #[test]
+    fn usage_total_does_not_overflow() {
+        let usage = Usage {
+            prompt_tokens: u32::MAX,
+            completion_tokens: 2,
+            cached_tokens: 0,
+        };
+        assert_eq!(usage_json(usage)["total_tokens"], u64::from(u32::MAX) + 2);
     }
 }
