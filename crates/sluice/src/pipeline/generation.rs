@@ -408,8 +408,7 @@ mod tests {
             max_duration: Some(Duration::from_secs(5)),
             ..StreamLimits::none()
         };
-        let (events, mut generation, streams) =
-            scripted_with_limits(Endpoint::Chat, false, limits);
+        let (events, mut generation, streams) = scripted_with_limits(Endpoint::Chat, false, limits);
         events.send(token("a")).await.unwrap();
         assert!(matches!(generation.next().await, Some(Chunk::Text(_))));
         // The engine goes on producing nothing; the paused clock runs to
@@ -429,8 +428,7 @@ mod tests {
             slow_reader_grace: Duration::from_secs(1),
             ..StreamLimits::none()
         };
-        let (events, mut generation, streams) =
-            scripted_with_limits(Endpoint::Chat, false, limits);
+        let (events, mut generation, streams) = scripted_with_limits(Endpoint::Chat, false, limits);
         events.send(token("a")).await.unwrap();
         events.send(token("b")).await.unwrap();
         // 500 bytes over 2 s of waiting: above the minimum.
