@@ -1,7 +1,7 @@
 //! Every fuzz target's body over its committed corpus (`fuzz/corpus/<name>/`)
 //! and deterministic mutations of it: what `scripts/fuzz.sh` runs on the
 //! stable toolchain, where libFuzzer cannot. `SLUICE_FUZZ_MUTATIONS` sets the
-//! mutations per corpus file (default 256).
+//! mutations per corpus file (default 4096).
 
 use std::path::Path;
 
@@ -45,7 +45,7 @@ fn every_target_holds_on_its_corpus_and_mutations() {
     let mutations: usize = std::env::var("SLUICE_FUZZ_MUTATIONS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(256);
+        .unwrap_or(4096);
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     for (name, body) in sluice_fuzz::TARGETS {
         let mut rng = Rng(0x5eed_f00d_u64 ^ name.len() as u64);
