@@ -7,6 +7,9 @@
 # benchmarks/qos/hostile.py holding IDLE silent sockets and SLOWLORIS
 # slowloris clients (no bad requests). Target: ITL p99 beside them within
 # 1.5x of alone. About 3 minutes; run it alone on the machine.
+# SERVE_CONFIG names a YAML config for the server (default: none), e.g.
+# benchmarks/transport/engine-one-thread.yaml; SUFFIX is added to the
+# result directory's name.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/lib.sh
@@ -19,8 +22,13 @@ PORT=${PORT:-8395}
 URL="http://127.0.0.1:$PORT"
 
 build_release
-OUT=$(result_dir hostile-itl)
-start_server "$PORT" "$OUT/server.log"
+OUT=$(result_dir "hostile-itl${SUFFIX:-}")
+SERVE_CONFIG=${SERVE_CONFIG:-}
+SERVE_ARGS=()
+if [ -n "$SERVE_CONFIG" ]; then
+  SERVE_ARGS=(--config "$SERVE_CONFIG")
+fi
+start_server "$PORT" "$OUT/server.log" "${SERVE_ARGS[@]}"
 trap stop_server EXIT
 
 ARGS=(--url "$URL" --api chat --concurrency "$STREAMS" --duration "$RUN_SECONDS" --warmup 10
@@ -37,7 +45,7 @@ sleep 10
 wait "$HOSTILE_PID" || true
 
 python3 - "$OUT" "$(machine_line)" "$(git rev-parse --short=12 HEAD)" \
-  "STREAMS=$STREAMS RUN_SECONDS=$RUN_SECONDS IDLE=$IDLE SLOWLORIS=$SLOWLORIS benchmarks/transport/hostile-itl.sh" <<'PY'
+  "${SERVE_CONFIG:+SERVE_CONFIG=$SERVE_CONFIG }STREAMS=$STREAMS RUN_SECONDS=$RUN_SECONDS IDLE=$IDLE SLOWLORIS=$SLOWLORIS benchmarks/transport/hostile-itl.sh" <<'PY'
 import json, sys
 out, machine, commit, command = sys.argv[1:5]
 def summary(name):

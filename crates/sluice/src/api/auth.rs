@@ -85,9 +85,10 @@ impl TenantKeys {
 
     /// The tenant a request belongs to. A trusted gateway's header wins (a
     /// name that is no configured tenant means the default tenant, so the
-    /// header cannot grow the tenant table); then the bearer key. A request
-    /// without a key is the default tenant's unless keys are required; a
-    /// malformed or unknown key is always refused.
+    /// header cannot grow the tenant table); then the bearer key. Without
+    /// configured keys every request is the default tenant's. With them, a
+    /// request without a key is the default tenant's unless keys are
+    /// required; a malformed or unknown key is always refused.
     pub fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         if let Some(name) = &self.trusted_header
             && let Some(value) = headers.get(name)
@@ -98,6 +99,11 @@ impl TenantKeys {
             } else {
                 DEFAULT_TENANT.to_owned()
             });
+        }
+        if self.keys.is_empty() {
+            // No keys configured: whatever key a client sends (SDKs always
+            // send one) names nobody.
+            return Ok(DEFAULT_TENANT.to_owned());
         }
         match credential(headers) {
             Credential::Missing if !self.require_key => Ok(DEFAULT_TENANT.to_owned()),
@@ -211,6 +217,17 @@ mod tests {
                 Ok("acme".to_owned())
             );
         }
+    }
+
+    #[test]
+    fn without_configured_keys_any_key_is_the_default_tenant() {
+        let keys = TenantKeys::new(&ServerConfig::default(), &AdmissionConfig::default());
+        let auth = header::AUTHORIZATION.as_str();
+        assert_eq!(status(&keys, &[]), Ok("default".to_owned()));
+        assert_eq!(
+            status(&keys, &[(auth, b"Bearer sk-whatever")]),
+            Ok("default".to_owned())
+        );
     }
 
     #[test]
