@@ -117,6 +117,27 @@ pub struct EngineHandle {
     stall_timeout: Option<Duration>,
 }
 
+/// The one start-up line an operator needs about the model and its KV.
+fn log_loaded(path: &std::path::Path, model: &LoadedModel) {
+    let pools: Vec<String> = model
+        .pools
+        .iter()
+        .map(|pool| format!("{}x{}", pool.sequences, pool.context))
+        .collect();
+    const MIB: u64 = 1 << 20;
+    tracing::info!(
+        model = %path.display(),
+        trained_context = model.trained_context,
+        served_context = model.served_context(),
+        pools = %pools.join(" + "),
+        kv_mib = model.kv_bytes() / MIB,
+        kv_budget_mib = model.kv_budget_bytes / MIB,
+        kv_budget = model.kv_budget_source,
+        chat_template = model.chat_template_source,
+        "model loaded: sequences x KV cells per pool"
+    );
+}
+
 /// The events of one generation. Dropping it cancels the generation: the
 /// engine frees the sequence within one step.
 pub struct GenerationStream {
@@ -183,7 +204,7 @@ impl EngineHandle {
                     LoadedModel::load(
                         &options.model_path,
                         options.chat_template,
-                        options.config.context_per_sequence,
+                        &options.config,
                     )
                 })
                 .unwrap_or_else(|payload| {
@@ -208,7 +229,7 @@ impl EngineHandle {
                         // Ready before the log line: whoever waits for the
                         // line (tests, operators) may send a request at once.
                         status_tx.send_replace(EngineStatus::Ready(Arc::clone(&model)));
-                        tracing::info!(?model, "model loaded");
+                        log_loaded(&options.model_path, &model);
                         scheduler.run(commands, &status_tx);
                     }
                     Err(err) => {
@@ -314,14 +335,20 @@ impl EngineHandle {
     /// Asks the engine to prefill `prompt_tokens` (all but the last) while
     /// the request waits for admission, in step budget that running streams
     /// leave spare. Preparing is best effort: the engine may never start it.
-    /// `cache_namespace` is the request's (see
-    /// [`GenerationRequest::cache_namespace`]).
-    pub fn prepare(&self, prompt_tokens: Vec<i32>, cache_namespace: &str) -> PrepHandle {
+    /// `max_tokens` and `cache_namespace` are the request's (see
+    /// [`GenerationRequest`]): the prep goes to the pool the request will.
+    pub fn prepare(
+        &self,
+        prompt_tokens: Vec<i32>,
+        max_tokens: u32,
+        cache_namespace: &str,
+    ) -> PrepHandle {
         let id = self.next_prep.fetch_add(1, Ordering::Relaxed);
         let (alive, alive_rx) = oneshot::channel();
         // A stopped engine has nothing to prepare; the handle is inert then.
         let _ = self.submissions.send(Command::Prepare(PrepJob {
             id,
+            sequence_tokens: prompt_tokens.len() + max_tokens as usize,
             prompt_tokens,
             cache_namespace: Arc::from(cache_namespace),
             alive,

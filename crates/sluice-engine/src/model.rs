@@ -9,6 +9,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
+use sluice_core::config::{EngineConfig, PoolSize};
+
 use crate::EngineError;
 use crate::template::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, Segment, TemplateError};
 
@@ -30,16 +32,36 @@ pub struct LoadedModel {
     /// long as the process serves it.
     pub(crate) model: &'static LlamaModel,
     pub(crate) chat_template: ChatTemplate,
-    /// KV cells one sequence may use (prompt + generated).
-    pub context_per_sequence: u32,
+    /// The context the model was trained for.
+    pub trained_context: u32,
+    /// The engine's sequence pools, smallest context first; the last one's
+    /// context is the most tokens a request may use.
+    pub pools: Vec<PoolSize>,
+    /// Bytes of KV cache one token takes in every layer.
+    pub kv_bytes_per_cell: f64,
+    /// The KV budget the pools were sized within, and where it came from.
+    pub kv_budget_bytes: u64,
+    pub kv_budget_source: &'static str,
     /// Where the chat template came from, for logs.
     pub chat_template_source: &'static str,
+}
+
+/// `MemAvailable` of /proc/meminfo: what the machine can give without
+/// swapping. None where there is no such file (not Linux).
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedModel")
-            .field("context_per_sequence", &self.context_per_sequence)
+            .field("trained_context", &self.trained_context)
+            .field("pools", &self.pools)
             .field("chat_template_source", &self.chat_template_source)
             .finish_non_exhaustive()
     }
@@ -49,7 +71,7 @@ impl LoadedModel {
     pub(crate) fn load(
         path: &Path,
         chat_template_override: Option<String>,
-        context_per_sequence: u32,
+        config: &EngineConfig,
     ) -> Result<Self, EngineError> {
         if !path.is_file() {
             return Err(EngineError::Load(format!(
@@ -75,13 +97,56 @@ impl LoadedModel {
         };
         let chat_template = ChatTemplate::new(source, bos, eos)
             .map_err(|err| EngineError::Load(err.to_string()))?;
-        let context_per_sequence = context_per_sequence.min(model.n_ctx_train());
+        let trained_context = model.n_ctx_train();
+        let head_dim = model.n_embd() as f64 / f64::from(model.n_head().max(1));
+        let kv_bytes_per_cell = f64::from(model.n_layer())
+            * 2.0
+            * head_dim
+            * f64::from(model.n_head_kv())
+            * config.kv_cache_type.bytes_per_element();
+        let (kv_budget_bytes, kv_budget_source) = match config.kv_cache_bytes {
+            0 => (
+                available_memory_bytes().unwrap_or(u64::MAX) / 2,
+                "half of the memory available",
+            ),
+            bytes => (bytes, "engine.kv_cache_bytes"),
+        };
         Ok(Self {
             model,
             chat_template,
-            context_per_sequence,
+            trained_context,
+            pools: config.pools(trained_context, kv_bytes_per_cell, kv_budget_bytes),
+            kv_bytes_per_cell,
+            kv_budget_bytes,
+            kv_budget_source,
             chat_template_source: template_origin,
         })
+    }
+
+    /// Bytes the pools' KV caches take.
+    pub fn kv_bytes(&self) -> u64 {
+        let cells: u64 = self
+            .pools
+            .iter()
+            .map(|pool| u64::from(pool.sequences) * u64::from(pool.context))
+            .sum();
+        (cells as f64 * self.kv_bytes_per_cell) as u64
+    }
+
+    /// The most tokens (prompt plus completion) one request may use.
+    pub fn served_context(&self) -> u32 {
+        self.pools.last().map_or(0, |pool| pool.context)
+    }
+
+    /// The context of the sequence a request of `tokens` tokens (prompt
+    /// plus completion) runs in: the smallest that holds them, else the
+    /// largest.
+    pub fn sequence_context(&self, tokens: usize) -> u32 {
+        self.pools
+            .iter()
+            .map(|pool| pool.context)
+            .find(|&context| context as usize >= tokens)
+            .unwrap_or_else(|| self.served_context())
     }
 
     /// Tokenizes `text`, parsing special tokens: its author may spell

@@ -53,7 +53,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn")),
+                // llama.cpp logs under the target `llama-cpp-2`; its model
+                // loader's metadata dump is INFO, which an operator does not
+                // need (RUST_LOG=info,llama-cpp-2=info shows it).
+                .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn")),
         )
         .init();
     let cli = Cli::parse();

@@ -189,7 +189,7 @@ async fn preps_never_take_a_sequence_a_request_waits_for() {
          cargo, tides and the people who work on the docks every day.",
         true,
     );
-    let prep = engine.prepare(prompt.clone(), "default");
+    let prep = engine.prepare(prompt.clone(), 16, "default");
     let stats = engine.stats();
     let steps = stats.steps_total.load(Ordering::Relaxed);
     // Some steps ran after the prep arrived, none of them started it.

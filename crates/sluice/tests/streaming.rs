@@ -241,6 +241,15 @@ async fn prompt_longer_than_the_context_is_rejected_before_queueing() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "context_length_exceeded");
     assert_eq!(body["error"]["param"], "prompt");
+    // The test server has no long pool: its limit is below the model's, and
+    // the message says so and what raises it.
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "This server serves at most 512 tokens per request (the model was trained for 8192;"
+        ) && message.contains("engine.long_sequences"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

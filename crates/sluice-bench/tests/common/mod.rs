@@ -26,6 +26,7 @@ pub async fn start_server(sequences: u32, context: u32) -> (RunningServer, Strin
     config.model.path = model_path();
     config.engine.max_sequences = sequences;
     config.engine.context_per_sequence = context;
+    config.engine.long_sequences = 0;
     config.governor.max_streams = sequences;
     let server = RunningServer::start(&config, None).await.unwrap();
     server.engine().wait_ready().await.unwrap();

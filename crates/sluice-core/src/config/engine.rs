@@ -48,6 +48,21 @@ pub struct EngineConfig {
     pub max_sequences: u32,
     /// KV cells each sequence may use: prompt plus generated tokens.
     pub context_per_sequence: u32,
+    /// Sequences of the long pool, each holding a whole request of up to the
+    /// served context (`max_model_len`) in a llama.cpp context of its own: a
+    /// long prompt is served without widening the short sequences' KV (and
+    /// so their attention). 0: no long pool; requests longer than
+    /// `context_per_sequence` are refused.
+    pub long_sequences: u32,
+    /// Most tokens (prompt plus completion) one request may use; 0: the
+    /// model's trained context. Never above the trained context.
+    pub max_model_len: u32,
+    /// Element type of the KV cache: f16, or q8_0 (half the memory).
+    pub kv_cache_type: KvCacheType,
+    /// Most bytes the KV cache of all pools may take; the pools' sequence
+    /// counts shrink to fit it (the long pool's first, it is small). 0:
+    /// half of the memory available when the engine starts.
+    pub kv_cache_bytes: u64,
     /// One KV buffer shared by all sequences (true) or one per sequence
     /// (false). Per-sequence buffers decode faster with many streams; see
     /// docs/architecture.md for the measurements.
@@ -93,7 +108,78 @@ pub struct EngineConfig {
     pub step_stall_timeout_ms: u64,
 }
 
+/// How the KV cache stores keys and values (llama.cpp's `type_k`/`type_v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCacheType {
+    #[default]
+    F16,
+    Q8_0,
+}
+
+impl KvCacheType {
+    /// Bytes of one KV element, rounded up per element (q8_0 stores 32
+    /// values in 34 bytes).
+    pub fn bytes_per_element(self) -> f64 {
+        match self {
+            Self::F16 => 2.0,
+            Self::Q8_0 => 34.0 / 32.0,
+        }
+    }
+}
+
+/// One pool of sequences: each a llama.cpp context over the one loaded
+/// model, with `sequences` sequences of `context` KV cells each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    pub sequences: u32,
+    pub context: u32,
+}
+
 impl EngineConfig {
+    /// The most tokens one request may use, for a model trained for
+    /// `trained` tokens.
+    pub fn served_context(&self, trained: u32) -> u32 {
+        match self.max_model_len {
+            0 => trained,
+            limit => limit.min(trained),
+        }
+    }
+
+    /// The sequence pools, smallest context first: up to `max_sequences`
+    /// of `context_per_sequence` cells, and up to `long_sequences` holding
+    /// the whole served context when that is longer, within
+    /// `kv_budget_bytes` at `bytes_per_cell` (every layer's key and value
+    /// of one token). The short pool keeps at least one sequence.
+    pub fn pools(&self, trained: u32, bytes_per_cell: f64, kv_budget_bytes: u64) -> Vec<PoolSize> {
+        let served = self.served_context(trained);
+        let short_context = self.context_per_sequence.min(served);
+        let mut budget = kv_budget_bytes as f64;
+        let mut fit = |wanted: u32, context: u32| {
+            let sequence_bytes = f64::from(context) * bytes_per_cell;
+            let fitting = (budget / sequence_bytes).floor().min(f64::from(wanted)) as u32;
+            budget -= f64::from(fitting) * sequence_bytes;
+            fitting
+        };
+        let long = if served > short_context {
+            fit(self.long_sequences, served)
+        } else {
+            0
+        };
+        let short = PoolSize {
+            sequences: fit(self.max_sequences, short_context).max(1),
+            context: short_context,
+        };
+        let mut pools = vec![short];
+        if long > 0 {
+            pools.push(PoolSize {
+                sequences: long,
+                context: served,
+            });
+        }
+        pools
+    }
+
     /// The largest step budget the engine accepts at run time.
     pub fn step_budget_ceiling(&self) -> u32 {
         self.step_token_budget.max(self.max_step_token_budget)
@@ -105,6 +191,10 @@ impl Default for EngineConfig {
         Self {
             max_sequences: 128,
             context_per_sequence: 1024,
+            long_sequences: 4,
+            max_model_len: 0,
+            kv_cache_type: KvCacheType::F16,
+            kv_cache_bytes: 0,
             kv_unified: false,
             step_token_budget: 128,
             max_step_token_budget: 512,

@@ -17,7 +17,7 @@ use crate::flags::FlagsConfig;
 use crate::governor::GovernorConfig;
 use crate::speculation::SpeculationConfig;
 
-pub use engine::{DEFAULT_MODEL_PATH, EngineConfig, ModelConfig};
+pub use engine::{DEFAULT_MODEL_PATH, EngineConfig, KvCacheType, ModelConfig, PoolSize};
 pub use qos::{AlertsConfig, QosConfig, SloTargets, WebhookConfig};
 pub use server::{
     AdmissionConfig, Http2Config, LimitsConfig, ServerConfig, TenantConfig, TlsConfig,

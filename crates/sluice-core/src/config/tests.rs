@@ -323,3 +323,53 @@ fn served_name_defaults_to_file_stem() {
     let model = ModelConfig::default();
     assert_eq!(model.served_name(), "SmolLM2-135M-Instruct.Q4_1");
 }
+
+#[test]
+fn pools_are_the_short_sequences_and_a_long_pool_up_to_the_served_context() {
+    // SmolLM2-135M at f16: 30 layers × 2 × 192 values × 2 bytes per cell.
+    let cell = 23_040.0;
+    let plenty = u64::MAX;
+    let engine = EngineConfig::default();
+    let pool = |sequences, context| PoolSize { sequences, context };
+    assert_eq!(
+        engine.pools(8192, cell, plenty),
+        vec![pool(128, 1024), pool(4, 8192)]
+    );
+    let capped = EngineConfig {
+        max_model_len: 4096,
+        ..EngineConfig::default()
+    };
+    assert_eq!(capped.served_context(8192), 4096);
+    assert_eq!(
+        capped.pools(8192, cell, plenty),
+        vec![pool(128, 1024), pool(4, 4096)]
+    );
+    // Never above what the model was trained for; a model whose context
+    // fits a short sequence needs no long pool.
+    assert_eq!(capped.served_context(2048), 2048);
+    assert_eq!(engine.pools(512, cell, plenty), vec![pool(128, 512)]);
+    let no_long = EngineConfig {
+        long_sequences: 0,
+        ..EngineConfig::default()
+    };
+    assert_eq!(no_long.pools(8192, cell, plenty), vec![pool(128, 1024)]);
+}
+
+#[test]
+fn a_kv_budget_shrinks_the_pools_long_pool_first() {
+    let cell = 23_040.0;
+    let engine = EngineConfig::default();
+    let pool = |sequences, context| PoolSize { sequences, context };
+    let sequence = |context: u64| context * 23_040;
+    // Room for the long pool and 40 short sequences.
+    let budget = 4 * sequence(8192) + 40 * sequence(1024) + 1;
+    assert_eq!(
+        engine.pools(8192, cell, budget),
+        vec![pool(40, 1024), pool(4, 8192)]
+    );
+    // Room for one long sequence and a little: the short pool keeps one.
+    assert_eq!(
+        engine.pools(8192, cell, sequence(8192) + 100),
+        vec![pool(1, 1024), pool(1, 8192)]
+    );
+}

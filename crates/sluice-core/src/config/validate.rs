@@ -95,6 +95,14 @@ impl RuntimeConfig {
                 "engine.context_per_sequence must be at least 16",
             ),
             (
+                engine.long_sequences > engine.max_sequences,
+                "engine.long_sequences must not exceed engine.max_sequences",
+            ),
+            (
+                engine.max_model_len != 0 && engine.max_model_len < 16,
+                "engine.max_model_len must be 0 (the model's trained context) or at least 16",
+            ),
+            (
                 engine.step_token_budget == 0,
                 "engine.step_token_budget must be at least 1",
             ),

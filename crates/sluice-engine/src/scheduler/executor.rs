@@ -14,7 +14,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::outbox::Delivery;
 use super::planner::{Budget, Phase, PrefillChunk, SlotInput, StepPlan, plan_step};
 use super::sequence::Sequence;
-use super::{BatchFault, EngineFault, Scheduler};
+use super::{BatchFault, EngineFault, Pool};
 use crate::model::LoadedModel;
 use crate::request::{FinishReason, SamplingParams, StreamEvent};
 use crate::stop::StopOutcome;
@@ -22,7 +22,7 @@ use crate::stop::StopOutcome;
 /// Penalties look back this many tokens (llama.cpp's default window).
 const PENALTY_WINDOW: i32 = 64;
 
-impl Scheduler {
+impl Pool {
     /// Plans the step and builds its batch.
     pub(super) fn build_batch(&mut self) -> Result<(), BatchFault> {
         self.batch.clear();
@@ -68,7 +68,10 @@ impl Scheduler {
                 })
             }));
         input.budget = Budget {
-            requested: self.step_budget.load(Ordering::Relaxed),
+            requested: self
+                .step_budget
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.budget_spent),
             min_prefill_chunk: self.config.min_prefill_chunk,
             ceiling: self.config.step_budget_ceiling(),
             mixed_step_cap: self.config.mixed_step_token_budget,
@@ -164,7 +167,9 @@ impl Scheduler {
             self.stats
                 .generated_tokens_total
                 .fetch_add(1, Ordering::Relaxed);
-            if let Some(ended) = accept_token(seq, token, &self.model, &mut self.piece, now) {
+            let context = self.context as usize;
+            if let Some(ended) = accept_token(seq, token, &self.model, context, &mut self.piece, now)
+            {
                 self.finish(slot, ended, now)?;
             }
         }
@@ -225,11 +230,11 @@ fn accept_token(
     seq: &mut Sequence,
     token: LlamaToken,
     model: &LoadedModel,
+    context_limit: usize,
     piece: &mut Vec<u8>,
     now: Instant,
 ) -> Option<FinishReason> {
     let vocab = model.model.vocab();
-    let context_limit = model.context_per_sequence as usize;
     seq.generated += 1;
     seq.first_token_at.get_or_insert(now);
     if vocab.is_eog(token) && !seq.ignore_eos {

@@ -1,7 +1,7 @@
 //! The engine's inbox, where a request enters the engine thread: the
-//! commands handles send (generations, KV preps, fault injection), the queue
-//! of requests waiting for a sequence, and admitting them into free slots at
-//! the start of each step.
+//! commands handles send (generations, KV preps, fault injection), a pool's
+//! queue of requests waiting for a sequence, and admitting them into free
+//! slots at the start of each step.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,7 +11,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::oneshot;
 
 use super::prefix_cache::{MIN_PREFIX_REUSE, TakenSlot};
-use super::{EngineFault, Scheduler};
+use super::{EngineFault, Pool};
 use crate::PrepHandle;
 use crate::request::{GenerationRequest, StreamEvent};
 
@@ -37,26 +37,25 @@ pub(crate) struct Submission {
 pub(crate) struct PrepJob {
     pub id: u64,
     pub prompt_tokens: Vec<i32>,
+    /// Prompt plus completion tokens of its request: it goes to the pool its
+    /// request will.
+    pub sequence_tokens: usize,
     pub cache_namespace: Arc<str>,
     /// Closed when the `PrepHandle` is dropped.
     pub alive: oneshot::Sender<()>,
 }
 
-impl Scheduler {
-    pub(super) fn enqueue(&mut self, command: Command) {
-        match command {
-            Command::Generate(submission) => self.waiting.push_back(submission),
-            Command::Prepare(mut job) => {
-                // A prep shorter than the least reusable prefix would never
-                // be taken.
-                let worth_it = job.prompt_tokens.len() > MIN_PREFIX_REUSE;
-                if self.config.prefix_cache && self.config.prep_tokens_per_step > 0 && worth_it {
-                    job.prompt_tokens.pop();
-                    self.preps.push_back(job);
-                }
-            }
-            Command::Stall(duration) => std::thread::sleep(duration),
-            Command::Panic => self.panic_at_next_step = true,
+impl Pool {
+    pub(super) fn enqueue_generation(&mut self, submission: Submission) {
+        self.waiting.push_back(submission);
+    }
+
+    pub(super) fn enqueue_prep(&mut self, mut job: PrepJob) {
+        // A prep shorter than the least reusable prefix would never be taken.
+        let worth_it = job.prompt_tokens.len() > MIN_PREFIX_REUSE;
+        if self.config.prefix_cache && self.config.prep_tokens_per_step > 0 && worth_it {
+            job.prompt_tokens.pop();
+            self.preps.push_back(job);
         }
     }
 

@@ -11,7 +11,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::oneshot;
 
 use super::planner::{PrepChunk, PrepSlot, RunningPrep};
-use super::{BatchFault, EngineFault, Scheduler};
+use super::{BatchFault, EngineFault, Pool};
 
 /// A KV prep holding a free slot.
 pub(super) struct Prep {
@@ -23,7 +23,7 @@ pub(super) struct Prep {
     pub started: u64,
 }
 
-impl Scheduler {
+impl Pool {
     /// The preps as the planner sees them: those holding a slot, those
     /// queued, and whether a new one may take a slot.
     pub(super) fn fill_prep_input(&mut self) {

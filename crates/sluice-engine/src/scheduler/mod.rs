@@ -1,13 +1,23 @@
-//! The engine thread: one llama.cpp context with many sequences, driven by a
-//! continuous-batching loop. Each step decodes one token for every running
-//! stream and spends the rest of the step's token budget on prefill chunks of
-//! new streams, so a long prompt never freezes running streams.
+//! The engine thread: llama.cpp sequences in pools (one llama.cpp context
+//! each, over the one loaded model), driven by a continuous-batching loop.
+//! Each step decodes one token for every running stream and spends the rest
+//! of the step's token budget on prefill chunks of new streams, so a long
+//! prompt never freezes running streams.
 //!
 //! In the request path it sits behind `EngineHandle`: a request comes in
-//! through the [`inbox`], waits there for a sequence, is prefilled and
+//! through the [`inbox`], goes to the smallest [`pool`] whose sequences hold
+//! its prompt and completion, waits there for a sequence, is prefilled and
 //! decoded step by step, and its events go back through its [`outbox`].
-//! This module holds the engine's state and the order of a step; each job
-//! has its own module:
+//! Why pools: llama.cpp splits a context's KV evenly between its sequences
+//! and sizes a step's attention by the longest sequence in it, so serving
+//! the model's whole context to every sequence would cost memory for all
+//! and attention time for every short stream beside a long one. A few long
+//! sequences in a context of their own cost neither.
+//!
+//! This module holds the loop: commands in, one step per pool per round
+//! (the round shares one token budget), stats and the engine fault. Each
+//! job has its own module:
+//! - [`pool`]: one pool's state and step.
 //! - [`inbox`]: commands from handles; the queue of requests and admission.
 //! - [`sequence`]: one stream's state; starting, finishing, freeing a slot.
 //! - [`outbox`]: events back to a client, parking, slow consumers.
@@ -28,35 +38,28 @@ mod inbox;
 mod kv_prep;
 mod outbox;
 mod planner;
+mod pool;
 mod prefix_cache;
 mod sequence;
 
 use std::any::Any;
-use std::collections::VecDeque;
-use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use sluice_core::config::EngineConfig;
 use tokio::sync::watch;
 
 use crate::heartbeat::Heartbeat;
-use crate::model::{LoadedModel, backend};
+use crate::model::LoadedModel;
 use crate::request::StreamEvent;
 use crate::{EngineError, EngineStats, EngineStatus};
 
 use exit_gate::{close_exit_gate_at_process_exit, exit_gate};
 pub(crate) use inbox::{Command, PrepJob, Submission};
-use outbox::Outbox;
-use planner::{StepInput, StepPlan};
-use prefix_cache::CachedPrefix;
-use sequence::Sequence;
+use pool::{Pool, PoolCounts};
 
 /// How long the loop waits for commands while every stream is parked.
 const PARKED_POLL: Duration = Duration::from_millis(2);
@@ -83,36 +86,12 @@ impl From<EngineFault> for BatchFault {
 }
 
 pub(crate) struct Scheduler {
-    model: Arc<LoadedModel>,
-    ctx: LlamaContext<'static>,
-    batch: LlamaBatch<'static>,
-    config: EngineConfig,
+    /// Smallest context first.
+    pools: Vec<Pool>,
     stats: Arc<EngineStats>,
-    /// Tokens per step, set at run time by the governor (within
-    /// `min_prefill_chunk..=step_budget_ceiling()`); read once per step.
-    step_budget: Arc<AtomicU32>,
     heartbeat: Arc<Heartbeat>,
     /// Fault injection: panic at the start of the next step.
     panic_at_next_step: bool,
-    slots: Vec<Option<Sequence>>,
-    /// Per slot, what its KV holds while the slot is free.
-    cached: Vec<CachedPrefix>,
-    frees: u64,
-    waiting: VecDeque<Submission>,
-    /// KV preps not yet given a slot, oldest first.
-    preps: VecDeque<PrepJob>,
-    preps_started: u64,
-    /// Finished streams whose last events still wait for room.
-    draining: Vec<Outbox>,
-    next_admission: u64,
-    /// (slot, batch index) of every token whose logits the step samples.
-    sample_at: Vec<(usize, i32)>,
-    /// The planner's input and plan; kept to reuse their allocations.
-    step_input: StepInput,
-    plan: StepPlan,
-    /// Whether the last step had sequences of more than one tenant.
-    mixed_last_step: bool,
-    piece: Vec<u8>,
 }
 
 impl Scheduler {
@@ -123,61 +102,31 @@ impl Scheduler {
         step_budget: Arc<AtomicU32>,
         heartbeat: Arc<Heartbeat>,
     ) -> Result<Self, EngineError> {
-        let threads = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n as usize,
-        } as i32;
-        let n_ctx = model
-            .context_per_sequence
-            .checked_mul(config.max_sequences)
-            .ok_or_else(|| EngineError::Load("context size overflows u32".into()))?;
-        let batch_tokens = config.step_budget_ceiling() + config.max_sequences;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(batch_tokens)
-            .with_n_ubatch(batch_tokens.min(512))
-            .with_n_seq_max(config.max_sequences)
-            .with_kv_unified(config.kv_unified)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let ctx = model
-            .model
-            .new_context(backend()?, params)
-            .map_err(|err| EngineError::Load(format!("creating the llama.cpp context: {err}")))?;
-        let batch = LlamaBatch::new(batch_tokens as usize, 1);
-        let slots = (0..config.max_sequences).map(|_| None).collect();
-        let cached = (0..config.max_sequences)
-            .map(|_| CachedPrefix::default())
-            .collect();
+        let pools = model
+            .pools
+            .iter()
+            .map(|&size| {
+                Pool::new(
+                    Arc::clone(&model),
+                    size,
+                    config.clone(),
+                    Arc::clone(&stats),
+                    Arc::clone(&step_budget),
+                )
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
-            model,
-            ctx,
-            batch,
-            config,
+            pools,
             stats,
-            step_budget,
             heartbeat,
             panic_at_next_step: false,
-            slots,
-            cached,
-            frees: 0,
-            waiting: VecDeque::new(),
-            preps: VecDeque::new(),
-            preps_started: 0,
-            draining: Vec::new(),
-            next_admission: 0,
-            sample_at: Vec::new(),
-            step_input: StepInput::default(),
-            plan: StepPlan::default(),
-            mixed_last_step: false,
-            piece: Vec::with_capacity(64),
         })
     }
 
     /// Runs until every handle is dropped and the remaining work is done, or
     /// until an [`EngineFault`] or a panic: then `status` becomes `Failed`
     /// first (so no new request is accepted) and every stream ends with the
-    /// error. Every step, and freeing the context at the end, happens inside
+    /// error. Every step, and freeing the contexts at the end, happens inside
     /// the exit gate (see the `exit_gate` module).
     pub(crate) fn run(mut self, commands: Receiver<Command>, status: &watch::Sender<EngineStatus>) {
         close_exit_gate_at_process_exit();
@@ -247,52 +196,65 @@ impl Scheduler {
         }
     }
 
-    /// Pinned preps count: the loop must keep stepping to prefill them and
-    /// to notice when their handle drops.
     fn has_work(&self) -> bool {
-        !self.waiting.is_empty()
-            || !self.draining.is_empty()
-            || !self.preps.is_empty()
-            || self.slots.iter().any(Option::is_some)
-            || self.cached.iter().any(|cached| cached.prep.is_some())
+        self.pools.iter().any(Pool::has_work)
     }
 
-    /// One engine step. Returns whether it made progress (the model ran, or
-    /// a failed batch ended its streams).
+    /// Routes a command: a request (and its KV prep) to the smallest pool
+    /// whose sequences hold its prompt and completion.
+    fn enqueue(&mut self, command: Command) {
+        match command {
+            Command::Generate(submission) => {
+                let tokens = submission.request.prompt_tokens.len()
+                    + submission.request.max_tokens as usize;
+                self.pool_for(tokens).enqueue_generation(submission);
+            }
+            Command::Prepare(job) => {
+                let tokens = job.sequence_tokens;
+                self.pool_for(tokens).enqueue_prep(job);
+            }
+            Command::Stall(duration) => std::thread::sleep(duration),
+            Command::Panic => self.panic_at_next_step = true,
+        }
+    }
+
+    /// The smallest pool whose sequences hold `tokens`, else the largest
+    /// (the server refuses requests over the largest; one that got here all
+    /// the same ends at its sequence's end, `length`).
+    fn pool_for(&mut self, tokens: usize) -> &mut Pool {
+        let fits = self
+            .pools
+            .iter()
+            .position(|pool| pool.context as usize >= tokens);
+        let index = fits.unwrap_or(self.pools.len() - 1);
+        &mut self.pools[index]
+    }
+
+    /// One round: a step of every pool with work, sharing one token budget
+    /// (see [`Pool::budget_spent`]). Returns whether it made progress (the
+    /// model ran, or a failed batch ended its streams).
     fn step(&mut self) -> Result<bool, EngineFault> {
         if self.panic_at_next_step {
             panic!("injected by POST /admin/fault/panic");
         }
-        let now = Instant::now();
-        self.flush_draining(now);
-        self.release_gone_clients(now)?;
-        self.drop_cancelled_requests();
-        self.drop_abandoned_preps()?;
-        self.end_slow_consumers(now)?;
-        self.admit_waiting()?;
-        self.copy_prefixes()?;
-        let built = self.build_batch();
-        self.publish_stats();
-        if let Err(fault) = built {
-            self.fail_batch_for(fault)?;
-            return Ok(true);
-        }
-        let tokens = self.batch.n_tokens();
-        if tokens == 0 {
-            return Ok(false);
-        }
         let started = Instant::now();
-        if let Err(err) = self.ctx.decode(&mut self.batch) {
-            self.fail_batch(&format!("llama.cpp decode failed: {err}"))?;
-            return Ok(true);
+        let mut progressed = false;
+        let mut tokens = 0;
+        for pool in &mut self.pools {
+            if !pool.has_work() {
+                continue;
+            }
+            if let Some(stepped) = pool.step(tokens as u32)? {
+                progressed = true;
+                tokens += stepped;
+            }
         }
-        let outputs = self.sample_at.len();
-        if let Err(fault) = self.sample_batch() {
-            self.fail_batch_for(fault)?;
-            return Ok(true);
+        self.publish_stats();
+        if tokens == 0 {
+            return Ok(progressed);
         }
         let micros = started.elapsed().as_micros() as u64;
-        tracing::debug!(tokens, outputs, micros, "engine step");
+        tracing::debug!(tokens, micros, "engine step");
         // The step's count last, so a reader that sees it also sees its
         // time and tokens.
         let stats = &self.stats;
@@ -304,65 +266,40 @@ impl Scheduler {
         Ok(true)
     }
 
-    /// Ends the streams of a batch the engine could not build or sample; an
-    /// engine fault goes on up.
-    fn fail_batch_for(&mut self, fault: BatchFault) -> Result<(), EngineFault> {
-        match fault {
-            BatchFault::Inconsistent(message) => self.fail_batch(&message),
-            BatchFault::Engine(fault) => Err(fault),
-        }
-    }
-
     /// After an [`EngineFault`]: every stream (running, finished with events
     /// still waiting, queued, or still in the command channel) ends with
     /// `message`. Touches no llama.cpp state.
     fn end_every_stream(&mut self, message: &str, commands: &Receiver<Command>) {
-        let error = || StreamEvent::Error {
-            message: message.to_owned(),
-        };
-        for seq in self.slots.iter_mut().filter_map(Option::take) {
-            let mut outbox = seq.outbox;
-            outbox.end_with(error());
+        for pool in &mut self.pools {
+            pool.end_every_stream(message);
         }
-        for mut drain in self.draining.drain(..) {
-            drain.end_with(error());
-        }
-        self.preps.clear();
-        for cached in &mut self.cached {
-            cached.prep = None;
-        }
-        let queued = std::mem::take(&mut self.waiting);
         let in_channel = commands.try_iter().filter_map(|command| match command {
             Command::Generate(submission) => Some(submission),
             Command::Prepare(_) | Command::Stall(_) | Command::Panic => None,
         });
-        for submission in queued.into_iter().chain(in_channel) {
+        for submission in in_channel {
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             // A client gone meanwhile needs no reason.
-            let _ = submission.events.try_send(error());
+            let _ = submission.events.try_send(StreamEvent::Error {
+                message: message.to_owned(),
+            });
         }
         self.publish_stats();
     }
 
     fn publish_stats(&self) {
-        let mut running = 0;
-        let mut parked = 0;
-        let mut kv_tokens = 0;
-        for seq in self.slots.iter().flatten() {
-            running += 1;
-            parked += usize::from(seq.outbox.is_parked());
-            kv_tokens += seq.kv_tokens.len();
+        let mut counts = PoolCounts::default();
+        for pool in &self.pools {
+            counts += pool.counts();
         }
-        self.stats.running.store(running, Ordering::Relaxed);
-        self.stats.parked.store(parked, Ordering::Relaxed);
+        self.stats.running.store(counts.running, Ordering::Relaxed);
+        self.stats.parked.store(counts.parked, Ordering::Relaxed);
         self.stats
             .kv_tokens_in_use
-            .store(kv_tokens, Ordering::Relaxed);
-        let cached: usize = (0..self.slots.len())
-            .filter(|&slot| self.slots[slot].is_none())
-            .map(|slot| self.cached[slot].tokens.len())
-            .sum();
-        self.stats.kv_cached_tokens.store(cached, Ordering::Relaxed);
+            .store(counts.kv_tokens, Ordering::Relaxed);
+        self.stats
+            .kv_cached_tokens
+            .store(counts.cached_tokens, Ordering::Relaxed);
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::{EngineFault, Scheduler};
+use super::{EngineFault, Pool};
 use crate::request::{SlowConsumerHook, StreamEvent};
 
 pub(super) enum Delivery {
@@ -126,7 +126,7 @@ impl Outbox {
     }
 }
 
-impl Scheduler {
+impl Pool {
     pub(super) fn flush_draining(&mut self, now: Instant) {
         self.draining
             .retain_mut(|drain| matches!(drain.flush(now), Delivery::Parked));

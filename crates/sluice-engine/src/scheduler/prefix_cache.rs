@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::kv_prep::Prep;
-use super::{EngineFault, Scheduler};
+use super::{EngineFault, Pool};
 
 /// Shorter cached prefixes are not worth keeping a slot's other tokens for:
 /// a slot matching less is treated as no match.
@@ -62,7 +62,7 @@ impl TakenSlot {
     }
 }
 
-impl Scheduler {
+impl Pool {
     /// Picks a free slot for `prompt` and readies its KV: the slot with the
     /// longest cached prefix of the prompt keeps that prefix, else the least
     /// recently used free slot is cleared, and it may wait to copy a running

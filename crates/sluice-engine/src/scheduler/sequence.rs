@@ -14,7 +14,7 @@ use super::inbox::Submission;
 use super::outbox::{Delivery, Outbox};
 use super::planner::Phase;
 use super::prefix_cache::PrefixSource;
-use super::{EngineFault, Scheduler};
+use super::{EngineFault, Pool};
 use crate::detokenizer::Utf8Assembler;
 use crate::request::{EngineTimings, FinishReason, StreamEvent, Usage};
 use crate::stop::StopMatcher;
@@ -126,7 +126,7 @@ impl Sequence {
     }
 }
 
-impl Scheduler {
+impl Pool {
     pub(super) fn start_sequence(
         &mut self,
         slot: usize,

@@ -31,7 +31,7 @@ pub async fn models(
         .engine()
         .model()
         .ok()
-        .map(|m| m.context_per_sequence);
+        .map(|m| m.served_context());
     axum::Json(json!({
         "object": "list",
         "data": [{

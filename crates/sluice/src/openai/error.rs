@@ -109,7 +109,20 @@ impl ApiError {
         }
     }
 
-    pub fn context_length_exceeded(limit: u32, prompt_tokens: usize, param: &str) -> Self {
+    /// Says the server's limit, the model's, and what raises the first.
+    pub fn context_length_exceeded(
+        served: u32,
+        trained: u32,
+        prompt_tokens: usize,
+        param: &str,
+    ) -> Self {
+        let which = if served < trained {
+            format!(
+                "This server serves at most {served} tokens per request (the model was trained for {trained}; the server's engine.max_model_len and engine.long_sequences raise the limit up to that)."
+            )
+        } else {
+            format!("This model's maximum context length is {served} tokens.")
+        };
         Self {
             param: Some(param.into()),
             code: Some("context_length_exceeded"),
@@ -117,7 +130,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 format!(
-                    "This model's maximum context length is {limit} tokens. However, your prompt has {prompt_tokens} tokens, which leaves no room to generate."
+                    "{which} However, your prompt has {prompt_tokens} tokens, which leaves no room to generate."
                 ),
             )
         }
@@ -257,10 +270,11 @@ impl From<PipelineError> for ApiError {
             PipelineError::Engine(err) => Self::from(err),
             PipelineError::Prompt { param, message } => Self::invalid(param, message),
             PipelineError::ContextLength {
-                limit,
+                served,
+                trained,
                 prompt_tokens,
                 param,
-            } => Self::context_length_exceeded(limit, prompt_tokens, param),
+            } => Self::context_length_exceeded(served, trained, prompt_tokens, param),
             PipelineError::Rejected { tenant, rejection } => Self::rejected(&tenant, &rejection),
             PipelineError::EngineFailed(message) => Self::internal(message),
             PipelineError::SlowConsumer(limit) => Self::slow_consumer(limit),

@@ -43,8 +43,8 @@ impl Pipeline {
         let tenant = handle.tenant().to_owned();
         let model = self.ready_model()?;
         let max_tokens = fit_context(&model, &prepared)?;
-        let limit = model.context_per_sequence;
         let prompt_tokens = prepared.prompt.len();
+        let context = model.sequence_context(prompt_tokens + max_tokens as usize);
         // Charged before queueing, so a tenant over its rate is answered at
         // once and holds no queue place. The charge is prompt plus
         // max_tokens, the most the request can use: with a guess instead,
@@ -64,14 +64,14 @@ impl Pipeline {
             &prepared.prompt,
             &prepared.params,
             max_tokens,
-            limit,
+            context,
         );
         let queued_at = Instant::now();
         let engine_stream = if speculation.serves_whole_answer() {
             None
         } else {
             let prep = self
-                .wait_for_admission(handle, &flags, &prepared.prompt, &namespace)
+                .wait_for_admission(handle, &flags, &prepared.prompt, max_tokens, &namespace)
                 .await?;
             let submission = Submission {
                 prepared: &prepared,
@@ -138,10 +138,11 @@ impl Pipeline {
         handle: &mut StreamHandle,
         flags: &FlagDecisions,
         prompt: &[i32],
+        max_tokens: u32,
         namespace: &str,
     ) -> Result<Option<PrepHandle>, PipelineError> {
         let prep = (flags.kv_prep.on && flags.prefix_cache.on && self.would_queue())
-            .then(|| self.engine.prepare(prompt.to_vec(), namespace));
+            .then(|| self.engine.prepare(prompt.to_vec(), max_tokens, namespace));
         handle
             .admit(&self.admission)
             .await
@@ -294,18 +295,22 @@ fn cache_namespace(tenant: &str, cache_salt: Option<&str>) -> String {
 /// The most tokens the request may generate: what it asked for, within the
 /// room its sequence leaves after the prompt.
 fn fit_context(model: &LoadedModel, prepared: &Prepared) -> Result<u32, PipelineError> {
-    let limit = model.context_per_sequence;
+    let served = model.served_context();
     let prompt_tokens = prepared.prompt.len();
-    if prompt_tokens >= limit as usize {
+    if prompt_tokens >= served as usize {
         return Err(PipelineError::ContextLength {
-            limit,
+            served,
+            trained: model.trained_context,
             prompt_tokens,
             param: prepared.prompt_param,
         });
     }
-    let room = limit - prompt_tokens as u32;
-    Ok(prepared
-        .params
-        .max_tokens
-        .map_or(room, |requested| requested.min(room)))
+    let room = |context: u32| context - prompt_tokens as u32;
+    // Without `max_tokens` a request may generate until its sequence is
+    // full: the smallest that holds its prompt, so a short chat does not
+    // take a long sequence.
+    Ok(match prepared.params.max_tokens {
+        Some(requested) => requested.min(room(served)),
+        None => room(model.sequence_context(prompt_tokens + 1)),
+    })
 }

@@ -23,7 +23,10 @@ pub enum PipelineError {
     },
     #[error("the prompt has {prompt_tokens} tokens; the context holds {limit}")]
     ContextLength {
-        limit: u32,
+        /// The most tokens the server takes per request.
+        served: u32,
+        /// The context the model was trained for.
+        trained: u32,
         prompt_tokens: usize,
         param: &'static str,
     },

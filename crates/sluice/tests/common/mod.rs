@@ -40,6 +40,9 @@ pub fn test_config() -> RuntimeConfig {
     config.model.path = model_path();
     config.engine.max_sequences = 32;
     config.engine.context_per_sequence = 512;
+    // The long pool has its own tests (long_prompts.rs); without it each
+    // test server holds 750 MB less.
+    config.engine.long_sequences = 0;
     config.governor.max_streams = 32;
     config
 }
