@@ -201,11 +201,7 @@ impl EngineHandle {
                 // A panic while loading (inside llama.cpp's bindings) must
                 // not leave the status `Loading` for ever.
                 let loaded = std::panic::catch_unwind(|| {
-                    LoadedModel::load(
-                        &options.model_path,
-                        options.chat_template,
-                        &options.config,
-                    )
+                    LoadedModel::load(&options.model_path, options.chat_template, &options.config)
                 })
                 .unwrap_or_else(|payload| {
                     Err(EngineError::Load(format!(

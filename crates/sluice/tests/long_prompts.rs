@@ -96,9 +96,10 @@ async fn long_prompts_are_served_beside_short_streams_and_their_document_is_cach
         let prompt = format!("Short question {n}: name a colour and a number.");
         async move { complete(&prompt, 8).await }
     });
+    let (same_question, other_question) = (question(5), question(11));
     let (again, other, shorts) = tokio::join!(
-        complete(&question(5), 8),
-        complete(&question(11), 8),
+        complete(&same_question, 8),
+        complete(&other_question, 8),
         futures::future::join_all(shorts),
     );
     for short in &shorts {
@@ -113,7 +114,11 @@ async fn long_prompts_are_served_beside_short_streams_and_their_document_is_cach
         again.cached_tokens
     );
     assert_eq!(again.text, cold.text);
-    assert!(other.cached_tokens > 5_000, "cached {}", other.cached_tokens);
+    assert!(
+        other.cached_tokens > 5_000,
+        "cached {}",
+        other.cached_tokens
+    );
 }
 
 #[tokio::test]

@@ -168,7 +168,8 @@ impl Pool {
                 .generated_tokens_total
                 .fetch_add(1, Ordering::Relaxed);
             let context = self.context as usize;
-            if let Some(ended) = accept_token(seq, token, &self.model, context, &mut self.piece, now)
+            if let Some(ended) =
+                accept_token(seq, token, &self.model, context, &mut self.piece, now)
             {
                 self.finish(slot, ended, now)?;
             }

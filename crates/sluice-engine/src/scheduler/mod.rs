@@ -205,8 +205,8 @@ impl Scheduler {
     fn enqueue(&mut self, command: Command) {
         match command {
             Command::Generate(submission) => {
-                let tokens = submission.request.prompt_tokens.len()
-                    + submission.request.max_tokens as usize;
+                let tokens =
+                    submission.request.prompt_tokens.len() + submission.request.max_tokens as usize;
                 self.pool_for(tokens).enqueue_generation(submission);
             }
             Command::Prepare(job) => {

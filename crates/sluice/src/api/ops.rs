@@ -27,11 +27,7 @@ pub async fn models(
     State(pipeline): State<Arc<Pipeline>>,
     State(ops): State<Arc<OpsState>>,
 ) -> Response {
-    let max_model_len = pipeline
-        .engine()
-        .model()
-        .ok()
-        .map(|m| m.served_context());
+    let max_model_len = pipeline.engine().model().ok().map(|m| m.served_context());
     axum::Json(json!({
         "object": "list",
         "data": [{

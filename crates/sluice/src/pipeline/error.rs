@@ -21,7 +21,7 @@ pub enum PipelineError {
         param: &'static str,
         message: String,
     },
-    #[error("the prompt has {prompt_tokens} tokens; the context holds {limit}")]
+    #[error("the prompt has {prompt_tokens} tokens; the server serves at most {served}")]
     ContextLength {
         /// The most tokens the server takes per request.
         served: u32,
