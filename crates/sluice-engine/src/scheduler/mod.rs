@@ -244,12 +244,17 @@ impl Scheduler {
             if !pool.has_work() {
                 continue;
             }
-            if let Some(stepped) = pool.step(tokens as u32)? {
+            if let Some(built) = pool.build_step(tokens as u32)? {
                 progressed = true;
-                tokens += stepped;
+                tokens += built;
             }
         }
+        // Published after admission and before any decode, so a client
+        // holding its first token sees its sequence counted.
         self.publish_stats();
+        for pool in &mut self.pools {
+            pool.run_step()?;
+        }
         if tokens == 0 {
             return Ok(progressed);
         }

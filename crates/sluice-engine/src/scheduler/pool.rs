@@ -153,10 +153,11 @@ impl Pool {
             || self.cached.iter().any(|cached| cached.prep.is_some())
     }
 
-    /// One step of this pool, after `budget_spent` tokens of other pools in
-    /// this round. Returns the tokens it decoded, or `None` when the model
-    /// did not run; a failed batch (its streams ended) counts as progress.
-    pub(super) fn step(&mut self, budget_spent: u32) -> Result<Option<usize>, EngineFault> {
+    /// The first half of this pool's step, after `budget_spent` tokens of
+    /// other pools in this round: reaps, admits and builds the batch.
+    /// Returns its tokens, `Some(0)` when a failed build ended its streams
+    /// (progress all the same), or `None` when there is nothing to run.
+    pub(super) fn build_step(&mut self, budget_spent: u32) -> Result<Option<usize>, EngineFault> {
         let now = Instant::now();
         self.flush_draining(now);
         self.release_gone_clients(now)?;
@@ -168,21 +169,29 @@ impl Pool {
         self.budget_spent = budget_spent;
         if let Err(fault) = self.build_batch() {
             self.fail_batch_for(fault)?;
+            self.batch.clear();
             return Ok(Some(0));
         }
         let tokens = self.batch.n_tokens();
-        if tokens == 0 {
-            return Ok(None);
+        Ok((tokens > 0).then_some(tokens as usize))
+    }
+
+    /// The second half: decodes and samples the batch `build_step` built,
+    /// if any. A failed decode or sample ends that batch's streams only.
+    pub(super) fn run_step(&mut self) -> Result<(), EngineFault> {
+        if self.batch.n_tokens() == 0 {
+            return Ok(());
         }
         if let Err(err) = self.ctx.decode(&mut self.batch) {
-            self.fail_batch(&format!("llama.cpp decode failed: {err}"))?;
-            return Ok(Some(0));
+            self.batch.clear();
+            return self.fail_batch(&format!("llama.cpp decode failed: {err}"));
         }
-        if let Err(fault) = self.sample_batch() {
-            self.fail_batch_for(fault)?;
-            return Ok(Some(0));
+        let sampled = self.sample_batch();
+        self.batch.clear();
+        match sampled {
+            Ok(()) => Ok(()),
+            Err(fault) => self.fail_batch_for(fault),
         }
-        Ok(Some(tokens as usize))
     }
 
     /// Ends the streams of a batch the engine could not build or sample; an
