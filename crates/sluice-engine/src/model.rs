@@ -138,6 +138,21 @@ impl LoadedModel {
         self.pools.last().map_or(0, |pool| pool.context)
     }
 
+    /// The KV depth at which a token's attention costs what its pass
+    /// through the weights does: a token at depth `d` costs about
+    /// `1 + d / attention_depth` tokens at depth 0. Per token and layer the
+    /// weights take `2 · n_params / n_layer` FLOPs and attention `4 · n_embd`
+    /// per cell of depth; llama.cpp's CPU attention (no flash attention)
+    /// runs at about half the rate of its quantized matmuls, measured on
+    /// SmolLM2-135M (benchmarks/results/2026-12-04-*-rag-mix/summary.md:
+    /// a 128-token prefill chunk takes 0.56 s at depth 0 and 1.67 s at
+    /// depth 3,900; a decode step 10 ms and 40 ms).
+    pub fn attention_depth(&self) -> u32 {
+        let per_cell = 4 * u64::from(self.model.n_layer()) * self.model.n_embd().max(1) as u64;
+        let weights = 2 * self.model.n_params();
+        (weights / per_cell.max(1) / 2).max(1) as u32
+    }
+
     /// The context of the sequence a request of `tokens` tokens (prompt
     /// plus completion) runs in: the smallest that holds them, else the
     /// largest.

@@ -68,10 +68,11 @@ impl Pool {
                 })
             }));
         input.budget = Budget {
-            requested: self
-                .step_budget
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.budget_spent),
+            requested: (f64::from(
+                self.step_budget
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.budget_spent),
+            ) / self.token_cost) as u32,
             min_prefill_chunk: self.config.min_prefill_chunk,
             ceiling: self.config.step_budget_ceiling(),
             mixed_step_cap: self.config.mixed_step_token_budget,

@@ -90,6 +90,11 @@ pub(crate) struct Scheduler {
     pools: Vec<Pool>,
     stats: Arc<EngineStats>,
     heartbeat: Arc<Heartbeat>,
+    step_budget: Arc<AtomicU32>,
+    /// Budget units the long pools took last round beyond the round's
+    /// budget (their decodes and prefill floor are never cut): the next
+    /// round starts with them spent, so rounds average the budget.
+    overdraft: u32,
     /// Fault injection: panic at the start of the next step.
     panic_at_next_step: bool,
 }
@@ -102,13 +107,16 @@ impl Scheduler {
         step_budget: Arc<AtomicU32>,
         heartbeat: Arc<Heartbeat>,
     ) -> Result<Self, EngineError> {
+        let attention_depth = model.attention_depth();
         let pools = model
             .pools
             .iter()
-            .map(|&size| {
+            .enumerate()
+            .map(|(index, &size)| {
                 Pool::new(
                     Arc::clone(&model),
                     size,
+                    (index > 0).then_some(attention_depth),
                     config.clone(),
                     Arc::clone(&stats),
                     Arc::clone(&step_budget),
@@ -119,6 +127,8 @@ impl Scheduler {
             pools,
             stats,
             heartbeat,
+            step_budget,
+            overdraft: 0,
             panic_at_next_step: false,
         })
     }
@@ -231,7 +241,7 @@ impl Scheduler {
     }
 
     /// One round: a step of every pool with work, sharing one token budget
-    /// (see [`Pool::budget_spent`]). Returns whether it made progress (the
+    /// (see [`Pool::budget_spent`] and [`Pool::token_cost`]). Returns whether it made progress (the
     /// model ran, or a failed batch ended its streams).
     fn step(&mut self) -> Result<bool, EngineFault> {
         if self.panic_at_next_step {
@@ -240,15 +250,26 @@ impl Scheduler {
         let started = Instant::now();
         let mut progressed = false;
         let mut tokens = 0;
+        let mut charged = self.overdraft;
+        let mut long_charged = 0;
         for pool in &mut self.pools {
             if !pool.has_work() {
                 continue;
             }
-            if let Some(built) = pool.build_step(tokens as u32)? {
+            if let Some(built) = pool.build_step(charged)? {
                 progressed = true;
                 tokens += built;
+                charged += pool.charge(built);
+                if pool.attention_depth.is_some() {
+                    long_charged += pool.charge(built);
+                }
             }
         }
+        // Only long pools overdraw: the short pool alone steps as it did
+        // before pools (its decodes past the budget are not carried).
+        self.overdraft = charged
+            .saturating_sub(self.step_budget.load(Ordering::Relaxed))
+            .min(long_charged);
         // Published after admission and before any decode, so a client
         // holding its first token sees its sequence counted.
         self.publish_stats();

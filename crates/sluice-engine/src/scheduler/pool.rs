@@ -39,6 +39,14 @@ pub(crate) struct Pool {
     /// budget is the round's, so a second pool does not lengthen the gap
     /// between a short stream's tokens by a whole step.
     pub(super) budget_spent: u32,
+    /// Charged per token of this pool's step in the round's budget: 1 for
+    /// the first (short) pool, the budget's own unit; for a long pool
+    /// `1 + depth / attention_depth` at its deepest sequence, so a step
+    /// deep in a document takes the time its tokens' attention costs, not
+    /// what as many short-chat tokens would.
+    pub(super) token_cost: f64,
+    /// `LoadedModel::attention_depth` for a long pool; None for the first.
+    pub(super) attention_depth: Option<u32>,
     pub(super) slots: Vec<Option<Sequence>>,
     /// Per slot, what its KV holds while the slot is free.
     pub(super) cached: Vec<CachedPrefix>,
@@ -82,6 +90,7 @@ impl Pool {
     pub(super) fn new(
         model: Arc<LoadedModel>,
         size: PoolSize,
+        attention_depth: Option<u32>,
         config: EngineConfig,
         stats: Arc<EngineStats>,
         step_budget: Arc<AtomicU32>,
@@ -127,6 +136,8 @@ impl Pool {
             stats,
             step_budget,
             budget_spent: 0,
+            token_cost: 1.0,
+            attention_depth,
             slots,
             cached,
             frees: 0,
@@ -153,10 +164,11 @@ impl Pool {
             || self.cached.iter().any(|cached| cached.prep.is_some())
     }
 
-    /// The first half of this pool's step, after `budget_spent` tokens of
-    /// other pools in this round: reaps, admits and builds the batch.
-    /// Returns its tokens, `Some(0)` when a failed build ended its streams
-    /// (progress all the same), or `None` when there is nothing to run.
+    /// The first half of this pool's step, after `budget_spent` units of
+    /// the round's budget taken by other pools: reaps, admits and builds
+    /// the batch. Returns its tokens, `Some(0)` when a failed build ended
+    /// its streams (progress all the same), or `None` when there is
+    /// nothing to run.
     pub(super) fn build_step(&mut self, budget_spent: u32) -> Result<Option<usize>, EngineFault> {
         let now = Instant::now();
         self.flush_draining(now);
@@ -167,6 +179,10 @@ impl Pool {
         self.admit_waiting()?;
         self.copy_prefixes()?;
         self.budget_spent = budget_spent;
+        self.token_cost = self.attention_depth.map_or(1.0, |depth| {
+            let deepest = self.slots.iter().flatten().map(|seq| seq.kv_tokens.len());
+            1.0 + deepest.max().unwrap_or(0) as f64 / f64::from(depth)
+        });
         if let Err(fault) = self.build_batch() {
             self.fail_batch_for(fault)?;
             self.batch.clear();
@@ -174,6 +190,11 @@ impl Pool {
         }
         let tokens = self.batch.n_tokens();
         Ok((tokens > 0).then_some(tokens as usize))
+    }
+
+    /// What `tokens` of this step take of the round's budget.
+    pub(super) fn charge(&self, tokens: usize) -> u32 {
+        (tokens as f64 * self.token_cost).ceil() as u32
     }
 
     /// The second half: decodes and samples the batch `build_step` built,
