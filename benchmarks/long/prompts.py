@@ -1,13 +1,14 @@
 """Prompts for the rag-mix scenario (issue #14), as sluice-bench JSONL.
 
-Every fifth request is long: a document of 3-6k tokens and a question
-about it; half of those documents are one and the same (several questions
-about one document, the RAG case the prefix cache serves), the other half
-each new. The rest are short chats. Writes PROMPTS.jsonl and, beside it,
-PROMPTS.kinds.json: each line's kind (short, long-repeated, long-new), which
-the summary reads by request index (sluice-bench sends line index % count).
+Short chats (60-110 words and a question), or with --long documents of
+3-6k tokens and a question about each; half of those documents are one and
+the same (several questions about one document, the RAG case the prefix
+cache serves), the other half each new. Writes PROMPTS.jsonl and, beside
+it, PROMPTS.kinds.json: each line's kind (short, long-repeated, long-new),
+which the summary reads by request index (sluice-bench sends line
+index % count).
 
-    python3 benchmarks/long/prompts.py OUT.jsonl [--short-only] [--count N]
+    python3 benchmarks/long/prompts.py OUT.jsonl [--long] [--count N]
 """
 import argparse
 import json
@@ -32,22 +33,22 @@ def document(rng, words):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--short-only", action="store_true")
+    parser.add_argument("--long", action="store_true")
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    # ~1.3 tokens per word here: 2,300-4,600 words is 3-6k tokens.
+    # ~1.45 tokens per word here: 2,100-4,100 words is 3-6k tokens.
     shared = document(rng, 3_400)
     lines, kinds = [], []
     for index in range(args.count):
         question = f"Question {index}: which entries mention a " \
             f"{rng.choice(WORDS)} and a {rng.choice(WORDS)}? Answer briefly."
-        if not args.short_only and index % 5 == 4:
-            if (index // 5) % 2 == 0:
+        if args.long:
+            if index % 2 == 0:
                 kind, doc = "long-repeated", shared
             else:
-                kind, doc = "long-new", document(rng, rng.randint(2_300, 4_600))
+                kind, doc = "long-new", document(rng, rng.randint(2_100, 4_100))
             lines.append({"user": f"{doc}\n\n{question}"})
         else:
             kind = "short"

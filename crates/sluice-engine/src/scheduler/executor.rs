@@ -14,7 +14,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::outbox::Delivery;
 use super::planner::{Budget, Phase, PrefillChunk, SlotInput, StepPlan, plan_step};
 use super::sequence::Sequence;
-use super::{BatchFault, EngineFault, Pool};
+use super::{BatchFault, EngineFault, Pool, round_budget};
 use crate::model::LoadedModel;
 use crate::request::{FinishReason, SamplingParams, StreamEvent};
 use crate::stop::StopOutcome;
@@ -68,11 +68,11 @@ impl Pool {
                 })
             }));
         input.budget = Budget {
-            requested: (f64::from(
-                self.step_budget
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(self.budget_spent),
-            ) / self.token_cost) as u32,
+            requested: round_budget::pool_budget(
+                self.step_budget.load(Ordering::Relaxed),
+                self.budget_spent,
+                self.token_cost,
+            ),
             min_prefill_chunk: self.config.min_prefill_chunk,
             ceiling: self.config.step_budget_ceiling(),
             mixed_step_cap: self.config.mixed_step_token_budget,

@@ -18,6 +18,7 @@
 //! (the round shares one token budget), stats and the engine fault. Each
 //! job has its own module:
 //! - [`pool`]: one pool's state and step.
+//! - [`round_budget`]: what each pool's step takes of the round's budget.
 //! - [`inbox`]: commands from handles; the queue of requests and admission.
 //! - [`sequence`]: one stream's state; starting, finishing, freeing a slot.
 //! - [`outbox`]: events back to a client, parking, slow consumers.
@@ -40,6 +41,7 @@ mod outbox;
 mod planner;
 mod pool;
 mod prefix_cache;
+mod round_budget;
 mod sequence;
 
 use std::any::Any;
@@ -241,8 +243,10 @@ impl Scheduler {
     }
 
     /// One round: a step of every pool with work, sharing one token budget
-    /// (see [`Pool::budget_spent`] and [`Pool::token_cost`]). Returns whether it made progress (the
-    /// model ran, or a failed batch ended its streams).
+    /// (`round_budget`: long pools' mandatory tokens reserved first, then
+    /// the short pool plans, then the long pools take what is left).
+    /// Returns whether it made progress (the model ran, or a failed batch
+    /// ended its streams).
     fn step(&mut self) -> Result<bool, EngineFault> {
         if self.panic_at_next_step {
             panic!("injected by POST /admin/fault/panic");
@@ -252,11 +256,13 @@ impl Scheduler {
         let mut tokens = 0;
         let mut charged = self.overdraft;
         let mut long_charged = 0;
+        let mut reserved: u32 = self.pools.iter().map(Pool::reserve).sum();
         for pool in &mut self.pools {
+            reserved = reserved.saturating_sub(pool.reserve());
             if !pool.has_work() {
                 continue;
             }
-            if let Some(built) = pool.build_step(charged)? {
+            if let Some(built) = pool.build_step(charged + reserved)? {
                 progressed = true;
                 tokens += built;
                 charged += pool.charge(built);
@@ -265,11 +271,11 @@ impl Scheduler {
                 }
             }
         }
-        // Only long pools overdraw: the short pool alone steps as it did
-        // before pools (its decodes past the budget are not carried).
-        self.overdraft = charged
-            .saturating_sub(self.step_budget.load(Ordering::Relaxed))
-            .min(long_charged);
+        self.overdraft = round_budget::overdraft(
+            charged,
+            long_charged,
+            self.step_budget.load(Ordering::Relaxed),
+        );
         // Published after admission and before any decode, so a client
         // holding its first token sees its sequence counted.
         self.publish_stats();

@@ -16,10 +16,10 @@ use sluice_core::config::{EngineConfig, KvCacheType, PoolSize};
 
 use super::inbox::{PrepJob, Submission};
 use super::outbox::Outbox;
-use super::planner::{StepInput, StepPlan};
+use super::planner::{Phase, StepInput, StepPlan};
 use super::prefix_cache::CachedPrefix;
 use super::sequence::Sequence;
-use super::{BatchFault, EngineFault};
+use super::{BatchFault, EngineFault, round_budget};
 use crate::model::{LoadedModel, backend};
 use crate::request::StreamEvent;
 use crate::{EngineError, EngineStats};
@@ -39,11 +39,9 @@ pub(crate) struct Pool {
     /// budget is the round's, so a second pool does not lengthen the gap
     /// between a short stream's tokens by a whole step.
     pub(super) budget_spent: u32,
-    /// Charged per token of this pool's step in the round's budget: 1 for
-    /// the first (short) pool, the budget's own unit; for a long pool
-    /// `1 + depth / attention_depth` at its deepest sequence, so a step
-    /// deep in a document takes the time its tokens' attention costs, not
-    /// what as many short-chat tokens would.
+    /// Charged per token of this pool's step in the round's budget
+    /// (`round_budget::token_cost`, at its deepest sequence): a step deep
+    /// in a document is sized by what its tokens' attention costs.
     pub(super) token_cost: f64,
     /// `LoadedModel::attention_depth` for a long pool; None for the first.
     pub(super) attention_depth: Option<u32>,
@@ -179,10 +177,9 @@ impl Pool {
         self.admit_waiting()?;
         self.copy_prefixes()?;
         self.budget_spent = budget_spent;
-        self.token_cost = self.attention_depth.map_or(1.0, |depth| {
-            let deepest = self.slots.iter().flatten().map(|seq| seq.kv_tokens.len());
-            1.0 + deepest.max().unwrap_or(0) as f64 / f64::from(depth)
-        });
+        let deepest = self.slots.iter().flatten().map(|seq| seq.kv_tokens.len());
+        self.token_cost =
+            round_budget::token_cost(deepest.max().unwrap_or(0), self.attention_depth);
         if let Err(fault) = self.build_batch() {
             self.fail_batch_for(fault)?;
             self.batch.clear();
@@ -192,9 +189,33 @@ impl Pool {
         Ok((tokens > 0).then_some(tokens as usize))
     }
 
+    /// What this long pool's next step takes whatever the budget
+    /// (`round_budget::reserve`); 0 for the short pool.
+    pub(super) fn reserve(&self) -> u32 {
+        if self.attention_depth.is_none() {
+            return 0;
+        }
+        let running = self.slots.iter().flatten();
+        let deepest = running.clone().map(|seq| seq.kv_tokens.len()).max();
+        let decodes = running
+            .clone()
+            .filter(|seq| matches!(seq.phase(), Phase::Decoding))
+            .count();
+        let prefilling = !self.waiting.is_empty()
+            || running
+                .clone()
+                .any(|seq| matches!(seq.phase(), Phase::Prefilling { .. }));
+        round_budget::reserve(
+            decodes,
+            prefilling,
+            self.config.min_prefill_chunk,
+            round_budget::token_cost(deepest.unwrap_or(0), self.attention_depth),
+        )
+    }
+
     /// What `tokens` of this step take of the round's budget.
     pub(super) fn charge(&self, tokens: usize) -> u32 {
-        (tokens as f64 * self.token_cost).ceil() as u32
+        round_budget::charge(tokens, self.token_cost)
     }
 
     /// The second half: decodes and samples the batch `build_step` built,
