@@ -46,6 +46,10 @@ pub struct LoadedModel {
     pub chat_template_source: &'static str,
 }
 
+/// How much slower than its matmuls llama.cpp's CPU attention runs per
+/// FLOP in a long pool (see [`LoadedModel::attention_depth`]).
+const ATTENTION_RATE_DIVISOR: u64 = 5;
+
 /// `MemAvailable` of /proc/meminfo: what the machine can give without
 /// swapping. None where there is no such file (not Linux).
 fn available_memory_bytes() -> Option<u64> {
@@ -138,19 +142,19 @@ impl LoadedModel {
         self.pools.last().map_or(0, |pool| pool.context)
     }
 
-    /// The KV depth at which a token's attention costs what its pass
-    /// through the weights does: a token at depth `d` costs about
-    /// `1 + d / attention_depth` tokens at depth 0. Per token and layer the
-    /// weights take `2 · n_params / n_layer` FLOPs and attention `4 · n_embd`
-    /// per cell of depth; llama.cpp's CPU attention (no flash attention)
-    /// runs at about half the rate of its quantized matmuls, measured on
-    /// SmolLM2-135M (benchmarks/results/2026-12-04-*-rag-mix/summary.md:
-    /// a 128-token prefill chunk takes 0.56 s at depth 0 and 1.67 s at
-    /// depth 3,900; a decode step 10 ms and 40 ms).
+    /// The KV depth at which a long-pool token costs twice a short chat's:
+    /// a token at depth `d` costs about `1 + d / attention_depth`. Per token
+    /// and layer the weights take `2 · n_params / n_layer` FLOPs and
+    /// attention `4 · n_embd` per cell of depth, so on FLOPs alone that
+    /// depth is `n_params / (2 · n_layer · n_embd)` (3,906 for SmolLM2).
+    /// llama.cpp's CPU attention over several per-sequence KV streams runs
+    /// at about a fifth of its matmuls' rate: measured with four long
+    /// sequences beside 28 short streams (rag-mix, per-pool step times at
+    /// debug level), a long-pool token cost 3.6x a short-pool one at depth
+    /// 1,950 and 6.5x at 4,500, so 780 cells for SmolLM2.
     pub fn attention_depth(&self) -> u32 {
-        let per_cell = 4 * u64::from(self.model.n_layer()) * self.model.n_embd().max(1) as u64;
-        let weights = 2 * self.model.n_params();
-        (weights / per_cell.max(1) / 2).max(1) as u32
+        let per_cell = 2 * u64::from(self.model.n_layer()) * self.model.n_embd().max(1) as u64;
+        (self.model.n_params() / per_cell.max(1) / ATTENTION_RATE_DIVISOR).max(1) as u32
     }
 
     /// The context of the sequence a request of `tokens` tokens (prompt

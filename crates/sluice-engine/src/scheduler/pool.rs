@@ -224,11 +224,19 @@ impl Pool {
         if self.batch.n_tokens() == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         if let Err(err) = self.ctx.decode(&mut self.batch) {
             self.batch.clear();
             return self.fail_batch(&format!("llama.cpp decode failed: {err}"));
         }
         let sampled = self.sample_batch();
+        tracing::debug!(
+            context = self.context,
+            tokens = self.batch.n_tokens(),
+            token_cost = self.token_cost,
+            micros = started.elapsed().as_micros() as u64,
+            "pool step"
+        );
         self.batch.clear();
         match sampled {
             Ok(()) => Ok(()),
