@@ -73,7 +73,10 @@ impl Pool {
                 self.budget_spent,
                 self.token_cost,
             ),
-            min_prefill_chunk: self.config.min_prefill_chunk,
+            min_prefill_chunk: round_budget::prefill_floor(
+                self.config.min_prefill_chunk,
+                self.token_cost,
+            ),
             ceiling: self.config.step_budget_ceiling(),
             mixed_step_cap: self.config.mixed_step_token_budget,
             prep_tokens_per_step: self.config.prep_tokens_per_step,

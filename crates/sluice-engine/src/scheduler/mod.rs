@@ -256,13 +256,14 @@ impl Scheduler {
         let mut tokens = 0;
         let mut charged = self.overdraft;
         let mut long_charged = 0;
-        let mut reserved: u32 = self.pools.iter().map(Pool::reserve).sum();
+        let decoding = self.pools.iter().any(Pool::is_decoding);
+        let mut reserved: u32 = self.pools.iter().map(|pool| pool.reserve(decoding)).sum();
         for pool in &mut self.pools {
-            reserved = reserved.saturating_sub(pool.reserve());
+            reserved = reserved.saturating_sub(pool.reserve(decoding));
             if !pool.has_work() {
                 continue;
             }
-            if let Some(built) = pool.build_step(charged + reserved)? {
+            if let Some(built) = pool.build_step(charged + reserved, decoding)? {
                 progressed = true;
                 tokens += built;
                 charged += pool.charge(built);

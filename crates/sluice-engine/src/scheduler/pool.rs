@@ -167,7 +167,11 @@ impl Pool {
     /// the batch. Returns its tokens, `Some(0)` when a failed build ended
     /// its streams (progress all the same), or `None` when there is
     /// nothing to run.
-    pub(super) fn build_step(&mut self, budget_spent: u32) -> Result<Option<usize>, EngineFault> {
+    pub(super) fn build_step(
+        &mut self,
+        budget_spent: u32,
+        streams_decoding: bool,
+    ) -> Result<Option<usize>, EngineFault> {
         let now = Instant::now();
         self.flush_draining(now);
         self.release_gone_clients(now)?;
@@ -178,8 +182,11 @@ impl Pool {
         self.copy_prefixes()?;
         self.budget_spent = budget_spent;
         let deepest = self.slots.iter().flatten().map(|seq| seq.kv_tokens.len());
-        self.token_cost =
-            round_budget::token_cost(deepest.max().unwrap_or(0), self.attention_depth);
+        self.token_cost = round_budget::token_cost(
+            deepest.max().unwrap_or(0),
+            self.attention_depth,
+            streams_decoding,
+        );
         if let Err(fault) = self.build_batch() {
             self.fail_batch_for(fault)?;
             self.batch.clear();
@@ -191,7 +198,7 @@ impl Pool {
 
     /// What this long pool's next step takes whatever the budget
     /// (`round_budget::reserve`); 0 for the short pool.
-    pub(super) fn reserve(&self) -> u32 {
+    pub(super) fn reserve(&self, streams_decoding: bool) -> u32 {
         if self.attention_depth.is_none() {
             return 0;
         }
@@ -209,8 +216,16 @@ impl Pool {
             decodes,
             prefilling,
             self.config.min_prefill_chunk,
-            round_budget::token_cost(deepest.unwrap_or(0), self.attention_depth),
+            round_budget::token_cost(deepest.unwrap_or(0), self.attention_depth, streams_decoding),
         )
+    }
+
+    /// Whether a sequence of this pool has a token to decode next step.
+    pub(super) fn is_decoding(&self) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|seq| matches!(seq.phase(), Phase::Decoding))
     }
 
     /// What `tokens` of this step take of the round's budget.
