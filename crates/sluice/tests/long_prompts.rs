@@ -1,5 +1,5 @@
-//! Long prompts through the real server and model with the default engine
-//! config (only the per-tenant pre-admission cap is raised): a prompt of about 6,000 tokens is served by the long pool beside
+//! Long prompts through the real server and model with the default
+//! config: a prompt of about 6,000 tokens is served by the long pool beside
 //! many short streams, a repeated document comes from the long pool's prefix
 //! cache with the cold run's output, and a prompt over the model's trained
 //! context gets an error that names the limits.
@@ -21,10 +21,6 @@ fn base() -> &'static str {
         config.server.port = 0;
         config.server.shutdown_grace_seconds = 2;
         config.model.path = common::model_path();
-        // 66 requests at once from one client pass the per-tenant cap on
-        // requests being read and tokenized (64), which is the hardening
-        // tests' subject, not this one's; the engine config stays default.
-        config.server.limits.max_pending_per_tenant = 128;
         common::spawn_server(config)
     })
 }

@@ -241,7 +241,7 @@ impl Default for LimitsConfig {
             max_header_count: 100,
             max_header_bytes: 16 * 1024,
             max_pending_requests: 256,
-            max_pending_per_tenant: 64,
+            max_pending_per_tenant: 128,
             max_prompt_bytes: 512 * 1024,
             max_stream_seconds: 1800,
             min_read_bytes_per_second: 64,
