@@ -76,7 +76,8 @@ pub struct EngineConfig {
     /// llama.cpp batch. At or below `step_token_budget`, the budget is fixed.
     pub max_step_token_budget: u32,
     /// Smallest prefill chunk per step, so prefill progresses even when
-    /// running streams fill the budget.
+    /// running streams fill the budget; in budget units, so deep in a long
+    /// pool it is a few tokens.
     pub min_prefill_chunk: u32,
     /// Cap on the step budget while more than one tenant has sequences in
     /// the engine (in this step or the last): a step cannot be cut short,
