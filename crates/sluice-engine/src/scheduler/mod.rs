@@ -266,9 +266,10 @@ impl Scheduler {
             if let Some(built) = pool.build_step(charged + reserved, decoding)? {
                 progressed = true;
                 tokens += built;
-                charged += pool.charge(built);
+                let cost = pool.charge(built);
+                charged += cost;
                 if pool.attention_depth.is_some() {
-                    long_charged += pool.charge(built);
+                    long_charged += cost;
                 }
             }
         }

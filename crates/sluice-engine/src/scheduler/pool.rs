@@ -181,12 +181,8 @@ impl Pool {
         self.admit_waiting()?;
         self.copy_prefixes()?;
         self.budget_spent = budget_spent;
-        let deepest = self.slots.iter().flatten().map(|seq| seq.kv_tokens.len());
-        self.token_cost = round_budget::token_cost(
-            deepest.max().unwrap_or(0),
-            self.attention_depth,
-            streams_decoding,
-        );
+        self.token_cost =
+            round_budget::token_cost(self.deepest(), self.attention_depth, streams_decoding);
         if let Err(fault) = self.build_batch() {
             self.fail_batch_for(fault)?;
             self.batch.clear();
@@ -203,7 +199,6 @@ impl Pool {
             return 0;
         }
         let running = self.slots.iter().flatten();
-        let deepest = running.clone().map(|seq| seq.kv_tokens.len()).max();
         let decodes = running
             .clone()
             .filter(|seq| matches!(seq.phase(), Phase::Decoding))
@@ -216,8 +211,18 @@ impl Pool {
             decodes,
             prefilling,
             self.config.min_prefill_chunk,
-            round_budget::token_cost(deepest.unwrap_or(0), self.attention_depth, streams_decoding),
+            round_budget::token_cost(self.deepest(), self.attention_depth, streams_decoding),
         )
+    }
+
+    /// KV cells held by this pool's deepest running sequence.
+    fn deepest(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|seq| seq.kv_tokens.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether a sequence of this pool has a token to decode next step.
