@@ -125,6 +125,10 @@ struct WorkloadArgs {
     /// Goodput SLOs, e.g. ttft=900ms,itl=200ms,e2e=30s.
     #[arg(long)]
     slo: Option<String>,
+    /// Priority class sent with each request (`priority`: interactive or
+    /// batch).
+    #[arg(long)]
+    priority: Option<String>,
     /// Name of this run in reports and file names.
     #[arg(long, default_value = "run")]
     name: String,
@@ -159,6 +163,11 @@ struct RunArgs {
     /// API key sent as a bearer token (Sluice maps keys to tenants).
     #[arg(long)]
     api_key: Option<String>,
+    /// On a 429 with Retry-After, wait as told and send the request once
+    /// more (recorded as the request's `retry`); a closed-loop client also
+    /// waits out a second 429's Retry-After before its next request.
+    #[arg(long)]
+    follow_retry_after: bool,
     /// Fraction of clients that read slowly (picked per request from --seed).
     #[arg(long, default_value_t = 0.0)]
     slow_reader_fraction: f64,
@@ -284,6 +293,7 @@ impl WorkloadArgs {
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "ignore_eos": self.ignore_eos,
+            "priority": self.priority,
             "seed": self.seed,
         })
     }
@@ -424,6 +434,9 @@ fn request_body(
     if workload.ignore_eos {
         body["ignore_eos"] = json!(true);
     }
+    if let Some(priority) = &workload.priority {
+        body["priority"] = json!(priority);
+    }
     match api {
         Api::Chat => {
             let mut messages = Vec::new();
@@ -436,6 +449,24 @@ fn request_body(
         Api::Completions => body["prompt"] = json!(prompt.as_text()),
     }
     Bytes::from(body.to_string())
+}
+
+/// Waits out a 429's Retry-After and sends the request once more, as an
+/// OpenAI client with retries does; a second 429's Retry-After is waited
+/// out too, so a closed loop does not spin on refusals.
+async fn follow_retry(client: &HttpClient, path: &str, body: Bytes, record: &mut RequestRecord) {
+    let Some(wait) = record.retry_after_seconds.filter(|_| record.status == 429) else {
+        return;
+    };
+    let sent_at = record.start_seconds + wait;
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    let mut retry = RequestRecord::new(record.index, sent_at, record.warmup);
+    retry.behaviour = record.behaviour;
+    client.run_request(path, body, &mut retry).await;
+    if let Some(again) = retry.retry_after_seconds.filter(|_| retry.status == 429) {
+        tokio::time::sleep(Duration::from_secs_f64(again)).await;
+    }
+    record.retry = Some(Box::new(retry));
 }
 
 async fn fetch_model_name(url: &str) -> Result<String, String> {
@@ -487,12 +518,16 @@ async fn run_http(args: RunArgs) -> Result<(), String> {
     let gauges_before = load::read_gauges(&metrics_client, &args.rest_gauges).await;
     let output = {
         let client = Arc::clone(&client);
+        let follow_retry_after = args.follow_retry_after;
         load::drive(&plan, server_gauge, move |index, mut record| {
             let client = Arc::clone(&client);
             let body = bodies[index % bodies.len()].clone();
             record.behaviour = behaviours.pick(index);
             async move {
-                client.run_request(path, body, &mut record).await;
+                client.run_request(path, body.clone(), &mut record).await;
+                if follow_retry_after {
+                    follow_retry(&client, path, body, &mut record).await;
+                }
                 record
             }
         })
@@ -591,6 +626,7 @@ async fn run_engine(args: EngineArgs) -> Result<(), String> {
                 use_prefix_cache: true,
                 on_slow_consumer: None,
                 tenant: "bench".to_owned(),
+                priority: Default::default(),
                 cache_namespace: "bench".to_owned(),
             };
             let mut stream = match engine.submit(request) {

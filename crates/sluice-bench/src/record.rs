@@ -53,6 +53,10 @@ pub struct RequestRecord {
     pub behaviour: ClientBehaviour,
     /// The client hung up before the end, as its behaviour asked.
     pub disconnected: bool,
+    /// The same request sent again after a 429's Retry-After, when the
+    /// client follows it (`--follow-retry-after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Box<RequestRecord>>,
     #[serde(skip)]
     last_token_seconds: Option<f64>,
 }

@@ -67,12 +67,41 @@ pub const ERROR_SMOOTHING: f64 = 0.3;
 /// Wanted limit changes smaller than this are ignored.
 pub const HYSTERESIS: i64 = 3;
 
+/// The share of the TTFT SLO the admission limit aims to leave to the
+/// engine (admission to first token); the rest is the queue's, which
+/// deadline shedding keeps within it.
+pub const SERVICE_SHARE: f64 = 0.5;
+
+/// The inter-token target the step budget aims under when the SLO names
+/// none.
+pub const DEFAULT_ITL_TARGET: f64 = 1.5;
+
+/// What the governor aims for, from the SLO (`qos.slo`): one source of
+/// truth for the operator's targets, the evaluator's and the governor's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Targets {
+    /// Windowed TTFT p95 from admission, seconds: the SLO's TTFT p95 times
+    /// [`SERVICE_SHARE`].
+    pub service_ttft_p95: Option<f64>,
+    /// Windowed inter-token gap p95, seconds.
+    pub itl_p95: Option<f64>,
+}
+
+impl Targets {
+    /// From the SLO's TTFT p95 and inter-token p95, in seconds.
+    pub fn from_slo(ttft_p95: Option<f64>, itl_p95: Option<f64>) -> Self {
+        Self {
+            service_ttft_p95: ttft_p95.map(|ttft| ttft * SERVICE_SHARE),
+            itl_p95,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GovernorConfig {
     /// Adaptive limits on (true) or a fixed limit of `max_streams` (false).
-    /// Off by default: measured, the limit alone moved waiting into the
-    /// admission queue and made client TTFT worse (docs/architecture.md).
+    /// Its targets are the SLO's (`qos.slo`).
     pub enabled: bool,
     /// Controller period.
     pub tick_ms: u64,
@@ -80,10 +109,6 @@ pub struct GovernorConfig {
     pub min_streams: u32,
     /// The baseline: the limit with no latency pressure.
     pub max_streams: u32,
-    /// Target for the windowed TTFT p95.
-    pub ttft_p95_target_ms: u64,
-    /// Target for the windowed inter-token gap p95.
-    pub itl_p95_target_ms: u64,
     /// Latency samples older than this leave the window.
     pub window_ms: u64,
     pub kp: f64,
@@ -103,12 +128,10 @@ pub struct GovernorConfig {
 impl Default for GovernorConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
             tick_ms: 250,
             min_streams: 4,
             max_streams: 128,
-            ttft_p95_target_ms: 10_000,
-            itl_p95_target_ms: 1500,
             window_ms: 4000,
             kp: 0.25,
             ki: 0.2,
@@ -161,16 +184,18 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct LimitController {
     config: GovernorConfig,
+    targets: Targets,
     integral: f64,
     filtered_error: Option<f64>,
     limit: u32,
 }
 
 impl LimitController {
-    pub fn new(config: GovernorConfig) -> Self {
+    pub fn new(config: GovernorConfig, targets: Targets) -> Self {
         let limit = config.max_streams;
         Self {
             config,
+            targets,
             integral: 0.0,
             filtered_error: None,
             limit,
@@ -187,12 +212,12 @@ impl LimitController {
 
     /// Normalised error: the worse of TTFT and ITL against their targets.
     fn error(&self, signals: &Signals) -> f64 {
-        let normalised = |measured: Option<f64>, target_ms: u64| {
-            let target = target_ms as f64 / 1000.0;
+        let normalised = |measured: Option<f64>, target: Option<f64>| {
+            let target = target.filter(|target| *target > 0.0)?;
             measured.map(|m| (m - target) / target)
         };
-        let ttft = normalised(signals.ttft_p95, self.config.ttft_p95_target_ms);
-        let itl = normalised(signals.itl_p95, self.config.itl_p95_target_ms);
+        let ttft = normalised(signals.ttft_p95, self.targets.service_ttft_p95);
+        let itl = normalised(signals.itl_p95, self.targets.itl_p95);
         match (ttft, itl) {
             (None, None) => -1.0,
             (a, b) => a.into_iter().chain(b).fold(f64::MIN, f64::max),
@@ -307,12 +332,13 @@ pub struct BudgetController {
 
 impl BudgetController {
     /// `base`: the budget without a backlog; `ceiling`: the most it may
-    /// grow to; `itl_target_ms`: the inter-token p95 it must not push past.
-    pub fn new(base: u32, ceiling: u32, itl_target_ms: u64) -> Self {
+    /// grow to; `itl_target`: the inter-token p95 it must not push past,
+    /// seconds.
+    pub fn new(base: u32, ceiling: u32, itl_target: f64) -> Self {
         Self {
             base,
             ceiling: ceiling.max(base),
-            itl_target: itl_target_ms as f64 / 1000.0,
+            itl_target,
             budget: base,
             fitting: None,
         }
@@ -366,15 +392,21 @@ pub struct Governor {
 
 impl Governor {
     /// `base_budget` and `budget_ceiling` come from the engine config.
-    pub fn new(config: GovernorConfig, base_budget: u32, budget_ceiling: u32) -> Self {
+    pub fn new(
+        config: GovernorConfig,
+        targets: Targets,
+        base_budget: u32,
+        budget_ceiling: u32,
+    ) -> Self {
         let ceiling = if config.adapt_step_budget {
             budget_ceiling
         } else {
             base_budget
         };
-        let budget = BudgetController::new(base_budget, ceiling, config.itl_p95_target_ms);
+        let itl_target = targets.itl_p95.unwrap_or(DEFAULT_ITL_TARGET);
+        let budget = BudgetController::new(base_budget, ceiling, itl_target);
         Self {
-            limit: LimitController::new(config),
+            limit: LimitController::new(config, targets),
             budget,
         }
     }
@@ -423,10 +455,18 @@ mod tests {
     fn test_config() -> GovernorConfig {
         GovernorConfig {
             max_streams: 64,
-            ttft_p95_target_ms: 3000,
-            itl_p95_target_ms: 1000,
             ..GovernorConfig::default()
         }
+    }
+
+    /// TTFT from admission 3 s (an SLO of 6 s), inter-token gap 1 s.
+    fn test_targets() -> Targets {
+        Targets::from_slo(Some(6.0), Some(1.0))
+    }
+
+    /// TTFT from admission 10 s (an SLO of 20 s), inter-token gap 1.5 s.
+    fn default_targets() -> Targets {
+        Targets::from_slo(Some(20.0), Some(1.5))
     }
 
     /// A scripted plant: TTFT p95 grows with the streams admitted (a 2-core
@@ -480,7 +520,7 @@ mod tests {
 
     #[test]
     fn step_up_converges_into_the_band_without_big_overshoot() {
-        let mut controller = LimitController::new(test_config());
+        let mut controller = LimitController::new(test_config(), test_targets());
         let limits = run(&mut controller, &mut plant(0.0), 75, 240);
         let settled = &limits[120..];
         // Equilibrium: the limit where TTFT meets its target (30 streams).
@@ -503,7 +543,7 @@ mod tests {
 
     #[test]
     fn step_down_returns_to_baseline_within_five_seconds() {
-        let mut controller = LimitController::new(test_config());
+        let mut controller = LimitController::new(test_config(), test_targets());
         run(&mut controller, &mut plant(0.0), 75, 240);
         assert!(controller.limit() < 40);
         // Load drops to 5 clients: their TTFT is far under target.
@@ -517,7 +557,7 @@ mod tests {
 
     #[test]
     fn idle_server_relaxes_to_baseline() {
-        let mut controller = LimitController::new(test_config());
+        let mut controller = LimitController::new(test_config(), test_targets());
         run(&mut controller, &mut plant(0.0), 75, 200);
         for _ in 0..20 {
             controller.tick(&Signals::default(), DT);
@@ -527,7 +567,7 @@ mod tests {
 
     #[test]
     fn noisy_measurements_do_not_make_it_chatter() {
-        let mut controller = LimitController::new(test_config());
+        let mut controller = LimitController::new(test_config(), test_targets());
         let limits = run(&mut controller, &mut plant(0.3), 75, 400);
         let settled = &limits[160..];
         // Independent ±30 % noise every tick is harsher than a 4 s window,
@@ -543,7 +583,7 @@ mod tests {
 
     #[test]
     fn limit_moves_at_most_one_step_per_tick_and_stays_in_bounds() {
-        let mut controller = LimitController::new(test_config());
+        let mut controller = LimitController::new(test_config(), test_targets());
         let mut last = controller.limit();
         for tick in 0..100 {
             let ttft = if tick % 2 == 0 { 60.0 } else { 0.0 };
@@ -563,7 +603,7 @@ mod tests {
 
     #[test]
     fn with_a_queue_the_limit_rises_one_stream_at_a_time_and_waits_for_first_tokens() {
-        let mut controller = LimitController::new(test_config());
+        let mut controller = LimitController::new(test_config(), test_targets());
         let overload = Signals {
             ttft_p95: Some(12.0),
             queue_depth: 50,
@@ -601,7 +641,7 @@ mod tests {
 
     #[test]
     fn error_is_the_worse_signal_and_positive_when_slow() {
-        let controller = LimitController::new(test_config());
+        let controller = LimitController::new(test_config(), test_targets());
         let slow_itl = Signals {
             ttft_p95: Some(1.5),
             itl_p95: Some(2.0),
@@ -618,7 +658,7 @@ mod tests {
 
     #[test]
     fn a_limit_below_the_running_streams_falls_only_as_they_end() {
-        let mut controller = LimitController::new(test_config());
+        let mut controller = LimitController::new(test_config(), test_targets());
         // A cold burst: 48 streams admitted at once, their first tokens far
         // past the target, more clients queued behind them.
         let burst = |active: usize| Signals {
@@ -662,7 +702,7 @@ mod tests {
     fn budget_rises_with_a_backlog_and_settles_at_the_step_time_target() {
         // A 2 s inter-token target: steps of 1.5 s, i.e. ~247 tokens at 170
         // tokens/s after the 50 ms overhead.
-        let mut budget = BudgetController::new(128, 512, 2000);
+        let mut budget = BudgetController::new(128, 512, 2.0);
         let budgets: Vec<u32> = (0..80)
             .map(|_| {
                 let measured = step(budget.budget(), 170.0, 0.0);
@@ -688,7 +728,7 @@ mod tests {
 
     #[test]
     fn budget_does_not_chatter_under_noise() {
-        let mut budget = BudgetController::new(128, 512, 2000);
+        let mut budget = BudgetController::new(128, 512, 2.0);
         let mut rng = 7u64;
         let budgets: Vec<u32> = (0..400)
             .map(|_| {
@@ -716,7 +756,7 @@ mod tests {
 
     #[test]
     fn budget_cuts_at_once_when_steps_run_long_and_returns_to_base_without_a_backlog() {
-        let mut budget = BudgetController::new(128, 512, 2000);
+        let mut budget = BudgetController::new(128, 512, 2.0);
         // A cold burst: prompts only, prefilled fast.
         for _ in 0..20 {
             let measured = step(budget.budget(), 400.0, 0.0);
@@ -756,7 +796,7 @@ mod tests {
             }),
             ..Signals::default()
         };
-        let mut governor = Governor::new(config.clone(), 128, 512);
+        let mut governor = Governor::new(config.clone(), test_targets(), 128, 512);
         for _ in 0..4 {
             governor.tick(&late, DT);
         }
@@ -773,7 +813,7 @@ mod tests {
             "budget at its ceiling: the limit falls"
         );
 
-        let mut fixed = Governor::new(config, 128, 128);
+        let mut fixed = Governor::new(config, test_targets(), 128, 128);
         let decision = fixed.tick(&late, DT);
         assert_eq!(decision.step_budget, 128);
         assert!(fixed.tick(&late, DT).pressure > 0.0, "no budget to raise");
@@ -782,10 +822,11 @@ mod tests {
     #[test]
     fn with_the_adaptive_limit_off_only_the_budget_moves() {
         let adapting = GovernorConfig {
+            enabled: false,
             adapt_step_budget: true,
             ..GovernorConfig::default()
         };
-        let mut governor = Governor::new(adapting.clone(), 128, 512);
+        let mut governor = Governor::new(adapting.clone(), default_targets(), 128, 512);
         // Steps of 5 s at 100 tokens/s: over the 1.5 s target, and the
         // budget that would fit it (~112 tokens) is under the base.
         let late = Signals {
@@ -808,7 +849,7 @@ mod tests {
             adapt_step_budget: false,
             ..adapting
         };
-        let mut fixed = Governor::new(adapt_off, 128, 512);
+        let mut fixed = Governor::new(adapt_off, default_targets(), 128, 512);
         let cold = Signals {
             awaiting_first_token: 20,
             ..Signals::default()

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use crate::admission::{Admission, Permit, Rejection};
+use crate::admission::{Admission, Permit, Rejection, Urgency};
 use crate::sync::lock;
 
 /// A fieldless enum with `ALL` (every variant, in order) and `as_str` (its
@@ -494,18 +494,23 @@ impl StreamHandle {
     /// stream (`TimedOut` for a wait past the limit, else `Rejected`); a
     /// stream that ends while it waits (shutdown, cancel) stops waiting at
     /// once, leaving the queue, and gets `Closed`; a permit granted as it
-    /// ended is released at once.
-    pub async fn admit(&mut self, admission: &Arc<Admission>) -> Result<(), Rejection> {
+    /// ended is released at once. Returns the wait admission predicted, if
+    /// it could.
+    pub async fn admit(
+        &mut self,
+        admission: &Arc<Admission>,
+        urgency: Urgency,
+    ) -> Result<Option<Duration>, Rejection> {
         let record = Arc::clone(&self.record);
         let mut ended = std::pin::pin!(record.ended.notified());
         // Listening before the state is read: an end after it wakes this.
         ended.as_mut().enable();
         match self.state() {
             StreamState::Live(Stage::Registered) => {}
-            StreamState::Live(_) => return Ok(()),
+            StreamState::Live(_) => return Ok(None),
             StreamState::Ended(_) => return Err(Rejection::Closed),
         }
-        let mut acquire = std::pin::pin!(admission.acquire(&record.tenant));
+        let mut acquire = std::pin::pin!(admission.acquire_with(&record.tenant, urgency));
         let outcome = std::future::poll_fn(|cx| {
             if ended.as_mut().poll(cx).is_ready() {
                 // Ended while waiting: dropping the wait gives its queue
@@ -521,8 +526,9 @@ impl StreamHandle {
         .await;
         match outcome {
             Ok(permit) => {
+                let predicted_wait = permit.predicted_wait();
                 if self.admitted(permit) {
-                    Ok(())
+                    Ok(predicted_wait)
                 } else {
                     Err(Rejection::Closed)
                 }
@@ -604,7 +610,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::admission::AdmissionLimits;
+    use crate::admission::{AdmissionLimits, Urgency};
 
     fn admission(limit: u32, max_queue: usize) -> Arc<Admission> {
         Admission::new(
@@ -612,6 +618,7 @@ mod tests {
             AdmissionLimits {
                 max_queue,
                 max_wait: Duration::from_secs(10),
+                interactive_reserve: 0,
             },
             HashMap::new(),
         )
@@ -704,13 +711,13 @@ mod tests {
         let admission = admission(1, 4);
         let registry = StreamRegistry::new();
         let mut first = registry.register(new_stream("a"));
-        first.admit(&admission).await.unwrap();
+        first.admit(&admission, Urgency::default()).await.unwrap();
         assert_eq!(first.stamp(Stage::Queued), None);
         assert_eq!(first.state(), StreamState::Live(Stage::Admitted));
 
         let mut second = registry.register(new_stream("a"));
         let waiting = tokio::spawn(async move {
-            let outcome = second.admit(&admission).await;
+            let outcome = second.admit(&admission, Urgency::default()).await;
             (second, outcome)
         });
         settle().await;
@@ -727,9 +734,12 @@ mod tests {
         let admission = admission(1, 4);
         let registry = StreamRegistry::new();
         let mut running = registry.register(new_stream("a"));
-        running.admit(&admission).await.unwrap();
+        running.admit(&admission, Urgency::default()).await.unwrap();
         let mut late = registry.register(new_stream("a"));
-        let rejection = late.admit(&admission).await.unwrap_err();
+        let rejection = late
+            .admit(&admission, Urgency::default())
+            .await
+            .unwrap_err();
         assert!(matches!(rejection, Rejection::WaitTimedOut { .. }));
         assert_eq!(late.end_reason(), Some(EndReason::TimedOut));
         assert_eq!(admission.snapshot().active, 1);
@@ -740,7 +750,10 @@ mod tests {
         let admission = admission(2, 4);
         let registry = StreamRegistry::new();
         let mut admitted = registry.register(new_stream("a"));
-        admitted.admit(&admission).await.unwrap();
+        admitted
+            .admit(&admission, Urgency::default())
+            .await
+            .unwrap();
         let registered = registry.register(new_stream("b"));
         let woken = {
             let registry = Arc::clone(&registry);
@@ -758,7 +771,10 @@ mod tests {
 
         let mut after = registry.register(new_stream("c"));
         assert_eq!(after.end_reason(), Some(EndReason::Shutdown));
-        assert_eq!(after.admit(&admission).await, Err(Rejection::Closed));
+        assert_eq!(
+            after.admit(&admission, Urgency::default()).await,
+            Err(Rejection::Closed)
+        );
         assert_eq!(admission.snapshot().active, 0);
         assert_eq!(registry.counts().ended_with(EndReason::Shutdown), 3);
     }
@@ -777,13 +793,13 @@ mod tests {
         let admission = admission(1, 4);
         let registry = StreamRegistry::new();
         let mut running = registry.register(new_stream("a"));
-        running.admit(&admission).await.unwrap();
+        running.admit(&admission, Urgency::default()).await.unwrap();
         let mut queued = registry.register(new_stream("a"));
         let id = queued.id();
         let waiting = {
             let admission = Arc::clone(&admission);
             tokio::spawn(async move {
-                let outcome = queued.admit(&admission).await;
+                let outcome = queued.admit(&admission, Urgency::default()).await.map(drop);
                 (queued, outcome)
             })
         };
@@ -960,7 +976,7 @@ mod tests {
                     let admission = Arc::clone(&self.admission);
                     let id = handle.id();
                     let task = tokio::spawn(async move {
-                        let outcome = handle.admit(&admission).await;
+                        let outcome = handle.admit(&admission, Urgency::default()).await.map(drop);
                         (handle, outcome)
                     });
                     self.waiting.push(Waiting {

@@ -49,6 +49,7 @@ fn check(ops: Vec<Op>) {
             AdmissionLimits {
                 max_queue: 6,
                 max_wait: Duration::from_secs(10),
+                interactive_reserve: 0,
             },
             HashMap::new(),
         );

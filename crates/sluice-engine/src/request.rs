@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_core::admission::Priority;
+
 /// Per-request sampling, already validated by the API layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -59,6 +61,9 @@ pub struct GenerationRequest {
     /// sequences in the engine, so one tenant's flood of prompts cannot
     /// hold back another tenant's first token.
     pub tenant: String,
+    /// Its class: a batch sequence's decode sits out before an interactive
+    /// one's, and its prompt prefills from what interactive work leaves.
+    pub priority: Priority,
     /// Run on the engine thread when the engine ends the stream because its
     /// client stopped reading (`engine.max_park_ms`). The stream's own
     /// writer may never run again until the client reads, so whatever the

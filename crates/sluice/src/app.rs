@@ -11,7 +11,7 @@ use std::time::Duration;
 use sluice_core::admission::{Admission, AdmissionLimits, TenantPolicy};
 use sluice_core::clock::unix_seconds;
 use sluice_core::config::RuntimeConfig;
-use sluice_core::governor::Governor;
+use sluice_core::governor::{Governor, Targets};
 use sluice_core::registry::StreamRegistry;
 use sluice_engine::{EngineHandle, EngineOptions};
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use crate::control::RuntimeKnobs;
 use crate::control::alerts::Alerter;
 use crate::control::governor::{self, GovernorLoop};
 use crate::control::qos::{self, PolicyLog, QosLoop};
-use crate::pipeline::{Pipeline, PipelineParts, StreamLimits};
+use crate::pipeline::{Deadlines, Pipeline, PipelineParts, StreamLimits};
 use crate::telemetry::{LatencyWindows, Metrics};
 use crate::transport::{self, TlsAcceptors};
 
@@ -68,6 +68,7 @@ impl Parts {
                     weight: tenant.weight,
                     max_concurrent: tenant.max_concurrent.unwrap_or(u32::MAX),
                     tokens_per_minute: tenant.tokens_per_minute,
+                    priority: tenant.priority,
                 };
                 (tenant.name.clone(), policy)
             })
@@ -77,6 +78,7 @@ impl Parts {
             AdmissionLimits {
                 max_queue: config.admission.max_queue,
                 max_wait: Duration::from_millis(config.admission.max_wait_ms),
+                interactive_reserve: config.admission.interactive_reserve,
             },
             policies,
         );
@@ -119,6 +121,10 @@ impl RunningServer {
             metrics: Arc::clone(&parts.metrics),
             latency: Arc::clone(&parts.latency),
             stream_limits: StreamLimits::new(&config.server.limits),
+            deadlines: Deadlines {
+                shedding: config.admission.deadline_shedding,
+                interactive: config.qos.slo.ttft_p95_seconds.map(Duration::from_secs_f64),
+            },
             request_id_salt: {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one(local_addr)
@@ -179,6 +185,10 @@ fn start_control_loops(
     tokio::spawn(governor::run(
         Governor::new(
             config.governor.clone(),
+            Targets::from_slo(
+                config.qos.slo.ttft_p95_seconds,
+                config.qos.slo.itl_p95_seconds,
+            ),
             config.engine.step_token_budget,
             config.engine.step_budget_ceiling(),
         ),

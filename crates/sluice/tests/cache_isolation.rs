@@ -32,6 +32,7 @@ fn tenant(name: &str, key: &str) -> TenantConfig {
         weight: 1.0,
         max_concurrent: None,
         tokens_per_minute: None,
+        priority: Default::default(),
     }
 }
 
@@ -120,6 +121,7 @@ fn request(prompt: Vec<i32>, namespace: &str, max_tokens: u32) -> GenerationRequ
         use_prefix_cache: true,
         on_slow_consumer: None,
         tenant: namespace.to_owned(),
+        priority: Default::default(),
         cache_namespace: namespace.to_owned(),
     }
 }

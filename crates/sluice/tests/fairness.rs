@@ -29,6 +29,7 @@ fn request(tenant: &str, prompt_tokens: Vec<i32>, max_tokens: u32) -> Generation
         use_prefix_cache: false,
         on_slow_consumer: None,
         tenant: tenant.to_owned(),
+        priority: Default::default(),
         cache_namespace: tenant.to_owned(),
     }
 }

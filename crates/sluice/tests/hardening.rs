@@ -33,6 +33,7 @@ fn config() -> RuntimeConfig {
         weight: 1.0,
         max_concurrent: None,
         tokens_per_minute: None,
+        priority: Default::default(),
     }];
     config
 }

@@ -173,6 +173,7 @@ async fn preps_never_take_a_sequence_a_request_waits_for() {
         use_prefix_cache: true,
         on_slow_consumer: None,
         tenant: "default".to_owned(),
+        priority: Default::default(),
         cache_namespace: "default".to_owned(),
     };
     // Both sequences run and a third request waits for one.

@@ -21,6 +21,7 @@ fn tenant(name: &str, key: &str, tokens_per_minute: Option<u32>) -> TenantConfig
         weight: 1.0,
         max_concurrent: None,
         tokens_per_minute,
+        priority: Default::default(),
     }
 }
 

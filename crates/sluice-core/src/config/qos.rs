@@ -197,7 +197,13 @@ impl QosConfig {
 
 /// A window breaches the SLO when any indicator is above its target; a
 /// target left unset is not evaluated.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// The SLO's TTFT p95 unless configured: the governor's target and
+/// interactive requests' deadline.
+pub const DEFAULT_TTFT_P95_SECONDS: f64 = 10.0;
+/// The SLO's inter-token p95 unless configured.
+pub const DEFAULT_ITL_P95_SECONDS: f64 = 2.0;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SloTargets {
     pub ttft_p50_seconds: Option<f64>,
@@ -206,6 +212,19 @@ pub struct SloTargets {
     pub max_error_rate: Option<f64>,
     pub max_infra_cancel_rate: Option<f64>,
     pub max_rejection_rate: Option<f64>,
+}
+
+impl Default for SloTargets {
+    fn default() -> Self {
+        Self {
+            ttft_p50_seconds: None,
+            ttft_p95_seconds: Some(DEFAULT_TTFT_P95_SECONDS),
+            itl_p95_seconds: Some(DEFAULT_ITL_P95_SECONDS),
+            max_error_rate: None,
+            max_infra_cancel_rate: None,
+            max_rejection_rate: None,
+        }
+    }
 }
 
 impl SloTargets {

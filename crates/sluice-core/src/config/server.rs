@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Priority;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdmissionConfig {
@@ -12,6 +14,15 @@ pub struct AdmissionConfig {
     pub max_queue: usize,
     /// Longest a request waits for admission before it gets 429.
     pub max_wait_ms: u64,
+    /// Admission permits batch requests may not take, so interactive ones
+    /// never wait for a batch flood to finish.
+    pub interactive_reserve: u32,
+    /// Shed at once (429 with a booked `Retry-After`) a request whose
+    /// predicted first token misses its deadline: the TTFT SLO
+    /// (`qos.slo.ttft_p95_seconds`) for interactive requests, or the
+    /// request's own `ttft_deadline_ms`. Batch requests have none of
+    /// their own.
+    pub deadline_shedding: bool,
     /// API keys to tenants. Requests without a known key belong to `default`.
     pub tenants: Vec<TenantConfig>,
 }
@@ -21,6 +32,8 @@ impl Default for AdmissionConfig {
         Self {
             max_queue: 512,
             max_wait_ms: 60_000,
+            interactive_reserve: 8,
+            deadline_shedding: true,
             tenants: Vec::new(),
         }
     }
@@ -43,6 +56,9 @@ pub struct TenantConfig {
     /// token bucket holding one minute's worth); unlimited when unset.
     #[serde(default)]
     pub tokens_per_minute: Option<u32>,
+    /// The class of this tenant's requests that name none.
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 fn default_weight() -> f64 {

@@ -41,10 +41,6 @@ impl RuntimeConfig {
             ),
             (governor.tick_ms == 0, "governor.tick_ms must be at least 1"),
             (
-                governor.ttft_p95_target_ms == 0 || governor.itl_p95_target_ms == 0,
-                "governor latency targets must be positive",
-            ),
-            (
                 self.admission
                     .tenants
                     .iter()

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use sluice_core::admission::Priority;
 
 use super::outbox::Delivery;
 use super::planner::{Budget, Phase, PrefillChunk, SlotInput, StepPlan, plan_step};
@@ -39,7 +40,7 @@ impl Pool {
     }
 
     fn add_plan(&mut self, plan: &StepPlan) -> Result<(), BatchFault> {
-        self.count_step(&plan.sitting_out)?;
+        self.count_step(plan)?;
         for &slot in &plan.decodes {
             self.add_decode(slot)?;
         }
@@ -63,6 +64,7 @@ impl Pool {
                     slot,
                     tenant: Arc::clone(&seq.tenant),
                     admission_order: seq.admission_order,
+                    batch: seq.priority == Priority::Batch,
                     phase: seq.phase(),
                     steps_sat_out: seq.steps_sat_out,
                 })
@@ -87,13 +89,13 @@ impl Pool {
 
     /// Counts the step for every prompt still prefilling (waiting ones
     /// included) and for every decode that sits it out.
-    fn count_step(&mut self, sitting_out: &[usize]) -> Result<(), BatchFault> {
+    fn count_step(&mut self, plan: &StepPlan) -> Result<(), BatchFault> {
         for input in &self.step_input.slots {
             if let Phase::Prefilling { .. } = input.phase {
                 live_mut(&mut self.slots, input.slot)?.prefill_steps += 1;
             }
         }
-        for &slot in sitting_out {
+        for &slot in plan.sitting_out.iter().chain(&plan.batch_sitting_out) {
             let seq = live_mut(&mut self.slots, slot)?;
             seq.steps_sat_out = seq.steps_sat_out.saturating_add(1);
         }

@@ -16,6 +16,13 @@
 //! one tenant has sequences (this step or the last), the step budget is
 //! capped at `engine.mixed_step_token_budget`: a step cannot be cut short,
 //! so its length is what another tenant's new prompt waits.
+//!
+//! Batch sequences yield to interactive ones: while an interactive sequence
+//! is in the engine, batch decodes take only the budget that interactive
+//! decodes and ready interactive prompts leave (those that sat out longest
+//! first, and none more than [`MAX_BATCH_STEPS_SITTING_OUT`] steps in a
+//! row), and batch prompts prefill only from what is left, without the
+//! prefill floor. With no interactive work, batch runs as any other.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -26,6 +33,10 @@ use std::sync::Arc;
 /// through without the flood's decodes, and still bounds a flood stream's
 /// gap to three steps.
 pub(super) const MAX_STEPS_SITTING_OUT: u8 = 2;
+
+/// Most steps in a row a batch decode sits out for interactive work: it
+/// yields first, but never stops.
+pub(super) const MAX_BATCH_STEPS_SITTING_OUT: u8 = 8;
 
 /// Everything the planner looks at for one step.
 #[derive(Debug, Default)]
@@ -45,6 +56,8 @@ pub(super) struct SlotInput {
     pub tenant: Arc<str>,
     /// Order of admission: among a tenant's prompts the earliest goes first.
     pub admission_order: u64,
+    /// A batch-class sequence (yields to interactive ones).
+    pub batch: bool,
     pub phase: Phase,
     /// Steps in a row its decode sat out.
     pub steps_sat_out: u8,
@@ -118,8 +131,10 @@ pub(super) struct StepPlan {
     pub mixed: bool,
     /// Slots whose sampled token is decoded, in slot order.
     pub decodes: Vec<usize>,
-    /// Decoding slots that sit out this step.
+    /// Decoding slots that sit out this step for below-share prompts.
     pub sitting_out: Vec<usize>,
+    /// Batch decoding slots that sit out this step for interactive work.
+    pub batch_sitting_out: Vec<usize>,
     pub prefills: Vec<PrefillChunk>,
     pub preps: Vec<PrepChunk>,
     /// Scratch, kept to reuse its allocations.
@@ -152,6 +167,7 @@ pub(super) enum PrepSlot {
 /// A prompt ready to prefill, with what orders it.
 #[derive(Debug)]
 struct Prompt {
+    batch: bool,
     /// Its tenant's sequences in the engine: fewest first.
     tenant_sequences: usize,
     admission_order: u64,
@@ -172,6 +188,7 @@ impl StepPlan {
     fn clear(&mut self) {
         self.decodes.clear();
         self.sitting_out.clear();
+        self.batch_sitting_out.clear();
         self.prefills.clear();
         self.preps.clear();
         self.prompts.clear();
@@ -199,12 +216,14 @@ pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
 
 /// Every unparked decode runs, but while a below-share prompt waits, the
 /// decodes of above-share tenants sit out (unless they sat out the last
-/// [`MAX_STEPS_SITTING_OUT`] steps).
+/// [`MAX_STEPS_SITTING_OUT`] steps); and while interactive work is in the
+/// engine, batch decodes run only within the budget it leaves.
 fn plan_decodes(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPlan) {
     let prompt_below_share = input
         .slots
         .iter()
         .any(|slot| ready_prompt(slot).is_some() && shares.is_below_share(&slot.tenant));
+    let mut batch = Vec::new();
     for slot in &input.slots {
         if slot.phase != Phase::Decoding {
             continue;
@@ -214,10 +233,42 @@ fn plan_decodes(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPla
             && slot.steps_sat_out < MAX_STEPS_SITTING_OUT;
         if sits_out {
             plan.sitting_out.push(slot.slot);
+        } else if slot.batch {
+            batch.push(slot);
         } else {
             plan.decodes.push(slot.slot);
         }
     }
+    let interactive_work = input
+        .slots
+        .iter()
+        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
+    if !interactive_work {
+        plan.decodes.extend(batch.iter().map(|slot| slot.slot));
+        plan.decodes.sort_unstable();
+        return;
+    }
+    let interactive_prompts: usize = input
+        .slots
+        .iter()
+        .filter(|slot| !slot.batch)
+        .filter_map(ready_prompt)
+        .map(|(prefilled, prompt_len)| prompt_len - prefilled)
+        .sum();
+    let mut room = (plan.budget as usize)
+        .saturating_sub(plan.decodes.len())
+        .saturating_sub(interactive_prompts);
+    // Longest sat out first, so every batch stream moves in turn.
+    batch.sort_unstable_by_key(|slot| (std::cmp::Reverse(slot.steps_sat_out), slot.slot));
+    for slot in batch {
+        if room > 0 || slot.steps_sat_out >= MAX_BATCH_STEPS_SITTING_OUT {
+            room = room.saturating_sub(1);
+            plan.decodes.push(slot.slot);
+        } else {
+            plan.batch_sitting_out.push(slot.slot);
+        }
+    }
+    plan.decodes.sort_unstable();
 }
 
 /// Prompt chunks with what the decodes leave of the budget (at least
@@ -231,6 +282,7 @@ fn plan_prefills(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPl
     plan.prompts.extend(input.slots.iter().filter_map(|slot| {
         let (prefilled, prompt_len) = ready_prompt(slot)?;
         Some(Prompt {
+            batch: slot.batch,
             tenant_sequences: shares.sequences(&slot.tenant),
             admission_order: slot.admission_order,
             slot: slot.slot,
@@ -240,13 +292,22 @@ fn plan_prefills(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPl
         })
     }));
     plan.prompts.sort_unstable_by_key(|prompt| {
-        (prompt.tenant_sequences, prompt.admission_order, prompt.slot)
+        (
+            prompt.batch,
+            prompt.tenant_sequences,
+            prompt.admission_order,
+            prompt.slot,
+        )
     });
     let sat_out = plan.sitting_out.len() as u32;
     let decodes = plan.decodes.len() as u32;
-    let mut budget = (plan.budget + sat_out)
-        .saturating_sub(decodes)
-        .max(input.budget.min_prefill_chunk) as usize;
+    let unfloored = (plan.budget + sat_out).saturating_sub(decodes) as usize;
+    let start = unfloored.max(input.budget.min_prefill_chunk as usize);
+    let mut budget = start;
+    let interactive_work = input
+        .slots
+        .iter()
+        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
     for prompt in &plan.prompts {
         if budget == 0 {
             break;
@@ -254,7 +315,18 @@ fn plan_prefills(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPl
         if sat_out > 0 && !prompt.below_share {
             continue;
         }
-        let end = (prompt.prefilled + budget).min(prompt.prompt_len);
+        // A batch prompt beside interactive work takes only what is left,
+        // not the floor.
+        let allowance = if prompt.batch && interactive_work {
+            let used = start - budget;
+            unfloored.saturating_sub(used)
+        } else {
+            budget
+        };
+        if allowance == 0 {
+            continue;
+        }
+        let end = (prompt.prefilled + allowance).min(prompt.prompt_len);
         plan.prefills.push(PrefillChunk {
             slot: prompt.slot,
             tokens: prompt.prefilled..end,
@@ -400,6 +472,7 @@ mod tests {
             slot,
             tenant: Arc::from(tenant),
             admission_order: slot as u64,
+            batch: false,
             phase,
             steps_sat_out: 0,
         });
@@ -429,6 +502,83 @@ mod tests {
 
     fn chunk(slot: usize, tokens: Range<usize>) -> PrefillChunk {
         PrefillChunk { slot, tokens }
+    }
+
+    /// Marks the sequences in `slots` batch-class.
+    fn as_batch(input: &mut StepInput, slots: &[usize]) {
+        for &slot in slots {
+            input.slots[slot].batch = true;
+        }
+    }
+
+    #[test]
+    fn a_batch_decode_sits_out_before_an_interactive_one() {
+        // One tenant, so only the class rule is at work.
+        let mut input = engine(8);
+        let interactive = decoding(&mut input, LIGHT, 6);
+        let batch = decoding(&mut input, LIGHT, 6);
+        as_batch(&mut input, &batch);
+        let first = plan(&input);
+        // The 6 interactive decodes, and batch within the 2 left.
+        let mut expected = interactive.clone();
+        expected.extend(&batch[..2]);
+        assert_eq!(first.decodes, expected);
+        assert_eq!(first.batch_sitting_out, batch[2..]);
+        assert!(first.sitting_out.is_empty());
+        // Those that sat out go first next step.
+        for &slot in &first.batch_sitting_out {
+            input.slots[slot].steps_sat_out = 1;
+        }
+        let next = plan(&input);
+        let mut expected = interactive;
+        expected.extend(&batch[2..4]);
+        assert_eq!(next.decodes, expected);
+    }
+
+    #[test]
+    fn an_interactive_prompt_takes_the_budget_from_batch_decodes_and_batch_prompts() {
+        let mut input = engine(8);
+        let interactive = decoding(&mut input, LIGHT, 1);
+        let batch = decoding(&mut input, LIGHT, 4);
+        as_batch(&mut input, &batch);
+        let batch_prompt = prompt(&mut input, LIGHT, 10);
+        as_batch(&mut input, &[batch_prompt]);
+        let interactive_prompt = prompt(&mut input, LIGHT, 7);
+        let mixed = plan(&input);
+        assert_eq!(mixed.decodes, interactive, "batch decodes wait a step");
+        assert_eq!(mixed.batch_sitting_out, batch);
+        assert_eq!(
+            mixed.prefills,
+            [chunk(interactive_prompt, 0..7)],
+            "the batch prompt gets no floor beside interactive work"
+        );
+        // Without interactive work, batch is served as any other.
+        let mut alone = engine(8);
+        let batch = decoding(&mut alone, LIGHT, 4);
+        let batch_prompt = prompt(&mut alone, LIGHT, 10);
+        as_batch(&mut alone, &[batch.as_slice(), &[batch_prompt]].concat());
+        let only_batch = plan(&alone);
+        assert_eq!(only_batch.decodes, batch);
+        assert_eq!(only_batch.prefills, [chunk(batch_prompt, 0..4)]);
+    }
+
+    #[test]
+    fn a_batch_decode_never_sits_out_more_than_its_limit_in_a_row() {
+        let mut input = engine(4);
+        decoding(&mut input, LIGHT, 4);
+        let batch = decoding(&mut input, LIGHT, 1);
+        as_batch(&mut input, &batch);
+        let mut ran_at = None;
+        for step in 0..=MAX_BATCH_STEPS_SITTING_OUT {
+            let plan = plan(&input);
+            let seq = &mut input.slots[batch[0]];
+            if plan.decodes.contains(&batch[0]) {
+                ran_at = Some(step);
+                break;
+            }
+            seq.steps_sat_out += 1;
+        }
+        assert_eq!(ran_at, Some(MAX_BATCH_STEPS_SITTING_OUT));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::sampling::LlamaSampler;
+use sluice_core::admission::Priority;
 
 use super::executor::build_sampler;
 use super::inbox::Submission;
@@ -25,6 +26,7 @@ pub(super) struct Sequence {
     pub admission_order: u64,
     /// Shared with the planner's input, which is rebuilt every step.
     pub tenant: Arc<str>,
+    pub priority: Priority,
     /// Only sequences and cached prefixes of this namespace share KV with it.
     pub cache_namespace: Arc<str>,
     pub prompt: Vec<i32>,
@@ -143,6 +145,7 @@ impl Pool {
             seq_id: slot as i32,
             admission_order,
             tenant: Arc::from(request.tenant),
+            priority: request.priority,
             cache_namespace: Arc::from(request.cache_namespace),
             prompt: request.prompt_tokens,
             prefilled: kv_tokens.len(),

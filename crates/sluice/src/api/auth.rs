@@ -178,6 +178,7 @@ mod tests {
                 weight: 1.0,
                 max_concurrent: None,
                 tokens_per_minute: None,
+                priority: Default::default(),
             }],
             ..AdmissionConfig::default()
         };

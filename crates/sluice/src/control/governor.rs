@@ -1,7 +1,8 @@
 //! The governor loop: every tick it reads the latency windows, the
 //! admission queue and the engine's step counters, asks the controller
 //! (`sluice_core::governor`) for a step budget and an admission limit, and
-//! sets them.
+//! sets them; and it tells admission the time an admitted stream now takes
+//! to its first token, which deadline shedding adds to the queue wait.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -73,6 +74,11 @@ pub async fn run(
                 let dt = now.duration_since(last).as_secs_f64();
                 last = now;
                 let (ttft_p95, itl_p95) = io.latency.p95s(Instant::now());
+                if let Some(service) = ttft_p95 {
+                    // The p95, not the median: the SLO is on the p95 and a
+                    // shed request costs less than a late one.
+                    io.admission.set_service_time(Duration::from_secs_f64(service));
+                }
                 let now_counters = StepCounters::read(io.engine.stats());
                 let steps = counters.since(&now_counters);
                 counters = now_counters;

@@ -207,6 +207,7 @@ mod tests {
             AdmissionLimits {
                 max_queue: 4,
                 max_wait: std::time::Duration::from_secs(1),
+                interactive_reserve: 0,
             },
             Default::default(),
         );

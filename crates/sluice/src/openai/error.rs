@@ -377,6 +377,18 @@ impl ApiError {
                 ),
                 retry_after,
             ),
+            Rejection::Shed { booked, .. } => Self::too_many_requests(
+                "server_overloaded",
+                "deadline_unmeetable",
+                if *booked {
+                    "The server cannot start this request within its first-token deadline; \
+                     retry after the Retry-After delay, when a place is held for it."
+                } else {
+                    "The server cannot start this request within its first-token deadline; \
+                     retry after the Retry-After delay at the earliest."
+                },
+                retry_after,
+            ),
             Rejection::Closed => PipelineError::ShuttingDown.into(),
         }
     }

@@ -2,10 +2,11 @@
 //! [`Request`]. Unknown fields are ignored, as OpenAI's own server does;
 //! known fields are range-checked and every failure names the parameter.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_core::admission::Priority;
 use sluice_core::config::ServerConfig;
 use sluice_engine::{ChatMessage, SamplingParams};
 
@@ -49,6 +50,12 @@ pub struct CommonParams {
     /// vLLM's extension: requests share cached prompt KV only with the same
     /// salt (and tenant), so a client can keep its prompts to itself.
     pub cache_salt: Option<String>,
+    /// vLLM's extension: an integer, lower first (above 0 is Sluice's
+    /// `batch` class), or Sluice's class name, "interactive" or "batch".
+    pub priority: Option<Value>,
+    /// Sluice's extension: the longest this request may wait for its first
+    /// token before it is better refused (its TTFT deadline).
+    pub ttft_deadline_ms: Option<i64>,
     pub n: Option<i64>,
     pub logprobs: Option<Value>,
     pub best_of: Option<i64>,
@@ -173,6 +180,8 @@ impl CommonParams {
         self.check_unsupported()?;
         let stop = self.stop_sequences(limits)?;
         self.check_cache_salt()?;
+        let priority = self.priority()?;
+        let ttft_deadline = self.ttft_deadline()?;
         if self.stream_options.is_some() && !self.stream {
             return Err(ApiError::invalid(
                 "stream_options",
@@ -189,6 +198,8 @@ impl CommonParams {
             stop,
             ignore_eos: self.ignore_eos,
             cache_salt: self.cache_salt.clone(),
+            priority,
+            ttft_deadline,
             sampling: self.sampling(),
             arrived_at,
         })
@@ -333,6 +344,38 @@ impl CommonParams {
         }
     }
 
+    fn priority(&self) -> Result<Option<Priority>, ApiError> {
+        let Some(value) = &self.priority else {
+            return Ok(None);
+        };
+        match value {
+            Value::Number(number) if number.is_i64() => {
+                Ok(Some(if number.as_i64().is_some_and(|level| level > 0) {
+                    Priority::Batch
+                } else {
+                    Priority::Interactive
+                }))
+            }
+            Value::String(name) if name == "interactive" => Ok(Some(Priority::Interactive)),
+            Value::String(name) if name == "batch" => Ok(Some(Priority::Batch)),
+            _ => Err(ApiError::invalid(
+                "priority",
+                "'priority' must be an integer (lower first; above 0 is batch) or \"interactive\" or \"batch\".",
+            )),
+        }
+    }
+
+    fn ttft_deadline(&self) -> Result<Option<Duration>, ApiError> {
+        match self.ttft_deadline_ms {
+            None => Ok(None),
+            Some(ms @ 1..=MAX_TTFT_DEADLINE_MS) => Ok(Some(Duration::from_millis(ms as u64))),
+            Some(ms) => Err(ApiError::invalid(
+                "ttft_deadline_ms",
+                format!("'ttft_deadline_ms' must be 1 to {MAX_TTFT_DEADLINE_MS}, got {ms}."),
+            )),
+        }
+    }
+
     /// The requested sampling, with the engine's defaults for what is unset.
     fn sampling(&self) -> SamplingParams {
         let defaults = SamplingParams::default();
@@ -397,6 +440,9 @@ fn check_prompt_size(prompt: &Prompt, max_bytes: usize) -> Result<(), ApiError> 
     }
     Ok(())
 }
+
+/// Longest `ttft_deadline_ms` accepted: an hour.
+const MAX_TTFT_DEADLINE_MS: i64 = 3_600_000;
 
 /// Longest `cache_salt` accepted: a salt needs no more to be unguessable.
 const MAX_CACHE_SALT_BYTES: usize = 256;

@@ -3,10 +3,11 @@
 //! plan speculation, wait for admission (prefilling meanwhile when KV prep
 //! is on), submit to the engine.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_core::admission::{Rejection, TokenCharge};
+use sluice_core::admission::{Priority, Rejection, TokenCharge, Urgency};
 use sluice_core::flags::{Cohort, Decision};
 use sluice_core::registry::{EndReason, Stage, StreamHandle};
 use sluice_engine::{
@@ -66,12 +67,13 @@ impl Pipeline {
             max_tokens,
             context,
         );
+        let urgency = self.urgency(&tenant, &prepared, max_tokens);
         let queued_at = Instant::now();
         let engine_stream = if speculation.serves_whole_answer() {
             None
         } else {
             let prep = self
-                .wait_for_admission(handle, &flags, &prepared.prompt, max_tokens, &namespace)
+                .wait_for_admission(handle, &flags, &prepared, max_tokens, &namespace, urgency)
                 .await?;
             let submission = Submission {
                 prepared: &prepared,
@@ -79,6 +81,7 @@ impl Pipeline {
                 flags: &flags,
                 namespace,
                 max_tokens,
+                priority: urgency.priority,
             };
             let engine_stream = self.submit(handle, submission, prep)?;
             handle.advance(Stage::Prefilling);
@@ -99,6 +102,35 @@ impl Pipeline {
             token_charge,
             queue,
         ))
+    }
+
+    /// The request's class (its own, else its tenant's) and deadline (its
+    /// own, else the SLO's for an interactive request), counted from its
+    /// arrival; the key its retry will match a booking by.
+    fn urgency(&self, tenant: &str, prepared: &Prepared, max_tokens: u32) -> Urgency {
+        let params = &prepared.params;
+        let priority = params
+            .priority
+            .unwrap_or_else(|| self.admission.default_priority(tenant));
+        let deadline = if self.deadlines.shedding {
+            params
+                .ttft_deadline
+                .or(match priority {
+                    Priority::Interactive => self.deadlines.interactive,
+                    Priority::Batch => None,
+                })
+                .map(|deadline| deadline.saturating_sub(params.arrived_at.elapsed()))
+        } else {
+            None
+        };
+        let retry_key = self
+            .retry_keys
+            .hash_one((tenant, &prepared.prompt, max_tokens, priority));
+        Urgency {
+            priority,
+            deadline,
+            retry_key,
+        }
     }
 
     fn decide_flags(&self, tenant: &str) -> FlagDecisions {
@@ -137,16 +169,24 @@ impl Pipeline {
         &self,
         handle: &mut StreamHandle,
         flags: &FlagDecisions,
-        prompt: &[i32],
+        prepared: &Prepared,
         max_tokens: u32,
         namespace: &str,
+        urgency: Urgency,
     ) -> Result<Option<PrepHandle>, PipelineError> {
-        let prep = (flags.kv_prep.on && flags.prefix_cache.on && self.would_queue())
-            .then(|| self.engine.prepare(prompt.to_vec(), max_tokens, namespace));
-        handle
-            .admit(&self.admission)
+        let prep = (flags.kv_prep.on && flags.prefix_cache.on && self.would_queue()).then(|| {
+            self.engine
+                .prepare(prepared.prompt.clone(), max_tokens, namespace)
+        });
+        let asked_at = Instant::now();
+        let predicted_wait = handle
+            .admit(&self.admission, urgency)
             .await
             .map_err(|rejection| self.rejected(handle.tenant(), rejection))?;
+        if let Some(predicted) = predicted_wait {
+            self.metrics
+                .observe_wait_prediction(predicted, asked_at.elapsed());
+        }
         Ok(prep)
     }
 
@@ -169,6 +209,7 @@ impl Pipeline {
             flags,
             namespace,
             max_tokens,
+            priority,
         } = submission;
         let served = speculation.served_token_ids();
         let mut prompt_tokens = prepared.prompt.clone();
@@ -184,6 +225,7 @@ impl Pipeline {
             use_prefix_cache: flags.prefix_cache.on,
             cache_namespace: namespace,
             tenant: handle.tenant().to_owned(),
+            priority,
             on_slow_consumer: Some(self.slow_consumer_hook(handle.id())),
         };
         self.engine.submit_prepared(request, prep).map_err(|err| {
@@ -263,6 +305,7 @@ impl Pipeline {
             Rejection::TokenRateExceeded { .. } => {
                 ("tenant_tokens_per_minute", RejectedBy::TenantLimit)
             }
+            Rejection::Shed { .. } => ("deadline", RejectedBy::Server),
             Rejection::Closed => ("draining", RejectedBy::Server),
         };
         self.metrics.count_rejected(reason, tenant, by);
@@ -280,6 +323,7 @@ struct Submission<'a> {
     flags: &'a FlagDecisions,
     namespace: String,
     max_tokens: u32,
+    priority: Priority,
 }
 
 /// Whose cached prompts a request may reuse: its tenant's, under the same

@@ -15,11 +15,12 @@ mod generation;
 mod prepare;
 mod speculation;
 
+use std::hash::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_core::admission::Admission;
+use sluice_core::admission::{Admission, Priority};
 use sluice_core::flags::Flags;
 use sluice_core::registry::{EndReason, NewStream, Protocol, StreamHandle, StreamRegistry};
 use sluice_core::speculation::SpeculationConfig;
@@ -87,6 +88,11 @@ pub struct GenerationParams {
     /// Shares cached prompt KV and openings only with requests of the same
     /// tenant and salt (see `admit::cache_namespace`).
     pub cache_salt: Option<String>,
+    /// The class asked for; None: the tenant's.
+    pub priority: Option<Priority>,
+    /// The first-token deadline asked for; None: the SLO's for
+    /// interactive requests, none for batch.
+    pub ttft_deadline: Option<Duration>,
     pub sampling: SamplingParams,
     pub arrived_at: Instant,
 }
@@ -112,8 +118,22 @@ pub struct Pipeline {
     request_counter: AtomicU64,
     request_id_salt: u64,
     stream_limits: StreamLimits,
+    deadlines: Deadlines,
+    /// Keys a request's retry (its `Retry-After` booking); per process, so
+    /// a client cannot aim at another's key.
+    retry_keys: RandomState,
     /// Tokenizer jobs running at once: one per core.
     tokenizers: Semaphore,
+}
+
+/// The first-token deadlines admission sheds by.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Whether admission sheds by deadline at all.
+    pub shedding: bool,
+    /// An interactive request's deadline unless it gives one: the SLO's
+    /// TTFT p95.
+    pub interactive: Option<Duration>,
 }
 
 /// The shared parts a [`Pipeline`] is built from.
@@ -129,6 +149,7 @@ pub struct PipelineParts {
     /// Seeds request ids, so two servers do not hand out the same ones.
     pub request_id_salt: u64,
     pub stream_limits: StreamLimits,
+    pub deadlines: Deadlines,
 }
 
 impl Pipeline {
@@ -149,6 +170,8 @@ impl Pipeline {
             request_counter: AtomicU64::new(0),
             request_id_salt: parts.request_id_salt,
             stream_limits: parts.stream_limits,
+            deadlines: parts.deadlines,
+            retry_keys: RandomState::new(),
             tokenizers: Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             ),

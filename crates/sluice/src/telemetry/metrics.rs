@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Where first tokens' time went: admission, tokenize, engine queue,
     /// prefill, first write.
     pub ttft_stage: HistogramFamily,
+    /// How far the admission wait deadline shedding predicted was from the
+    /// wait that followed, by direction (`over`: predicted longer).
+    pub wait_prediction_error: HistogramFamily,
     pub governor: GovernorMetrics,
     pub speculation_hits: Counter,
     pub speculation_tokens: Counter,
@@ -116,6 +119,7 @@ impl Metrics {
             requests_finished: Family::default(),
             requests_rejected: Family::default(),
             ttft_stage: Family::new_with_constructor(stage_histogram),
+            wait_prediction_error: Family::new_with_constructor(stage_histogram),
             governor: GovernorMetrics::default(),
             speculation_hits: Counter::default(),
             speculation_tokens: Counter::default(),
@@ -191,6 +195,11 @@ impl Metrics {
             "sluice:ttft_stage_seconds",
             "Time to first token by stage",
             self.ttft_stage.clone(),
+        );
+        registry.register(
+            "sluice:admission_wait_prediction_error_seconds",
+            "Predicted admission wait minus the wait that followed, by direction (over: predicted longer)",
+            self.wait_prediction_error.clone(),
         );
         self.governor.register(registry);
         registry.register(
@@ -312,6 +321,18 @@ impl Metrics {
         self.requests_rejected
             .get_or_create(&vec![("reason", reason)])
             .inc();
+    }
+
+    /// A wait admission predicted, against the one that followed.
+    pub fn observe_wait_prediction(&self, predicted: Duration, actual: Duration) {
+        let (direction, error) = if predicted >= actual {
+            ("over", predicted - actual)
+        } else {
+            ("under", actual - predicted)
+        };
+        self.wait_prediction_error
+            .get_or_create(&vec![("direction", direction)])
+            .observe(error.as_secs_f64());
     }
 
     /// A request ended, however it ended.

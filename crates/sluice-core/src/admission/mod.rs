@@ -7,18 +7,28 @@
 //! queueing), skipping tenants at their concurrency cap. A waiter whose
 //! future is dropped (client gone) leaves the queue at once.
 //!
+//! Two priority classes share the permits: `interactive` waiters go before
+//! any `batch` waiter, and batch streams never take the last
+//! `interactive_reserve` permits, so interactive traffic does not wait for
+//! a batch flood to finish. A request with a deadline for its first token
+//! that the queue cannot meet is shed at once ([`shed`]).
+//!
 //! A tenant may also have a token rate: each request is charged tokens from
 //! the tenant's bucket before it queues ([`Admission::charge_tokens`]), and
 //! the charge is settled against the real use when the request ends.
+
+pub mod shed;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::rate::TokenBucket;
+use shed::{Arrival, Bookings, DrainRate, MAX_RETRY_AFTER, MIN_RETRY_AFTER, Verdict};
 
 /// Requests without a known API key belong to this tenant.
 pub const DEFAULT_TENANT: &str = "default";
@@ -31,6 +41,8 @@ pub struct TenantPolicy {
     pub max_concurrent: u32,
     /// Prompt plus completion tokens per minute; unlimited when `None`.
     pub tokens_per_minute: Option<u32>,
+    /// The class of the tenant's requests that name none.
+    pub priority: Priority,
 }
 
 impl Default for TenantPolicy {
@@ -39,8 +51,44 @@ impl Default for TenantPolicy {
             weight: 1.0,
             max_concurrent: u32::MAX,
             tokens_per_minute: None,
+            priority: Priority::Interactive,
         }
     }
+}
+
+/// A request's priority class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Someone waits for it: admitted first, never behind batch work.
+    #[default]
+    Interactive,
+    /// Fills idle capacity and yields first.
+    Batch,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Batch => "batch",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What admission knows of one request beside its tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Urgency {
+    pub priority: Priority,
+    /// Longest it may wait for its first token; None: no deadline.
+    pub deadline: Option<Duration>,
+    /// Identifies a retry of this request (tenant and content), to give it
+    /// the place its `Retry-After` booked.
+    pub retry_key: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +97,8 @@ pub struct AdmissionLimits {
     pub max_queue: usize,
     /// Longest a request may wait before it is rejected.
     pub max_wait: Duration,
+    /// Permits batch requests may not take.
+    pub interactive_reserve: u32,
 }
 
 /// Why a request was not admitted.
@@ -66,6 +116,13 @@ pub enum Rejection {
         retry_after: Duration,
         tokens_per_minute: u32,
     },
+    /// Its predicted first token misses its deadline; `retry_after` is when
+    /// its place would meet it, held for it when `booked`.
+    Shed {
+        retry_after: Duration,
+        predicted_wait: Duration,
+        booked: bool,
+    },
     /// Admission is closed (draining for shutdown).
     Closed,
 }
@@ -76,7 +133,8 @@ impl Rejection {
             Self::QueueFull { retry_after }
             | Self::WaitTimedOut { retry_after }
             | Self::TenantQueueFull { retry_after }
-            | Self::TokenRateExceeded { retry_after, .. } => Some(*retry_after),
+            | Self::TokenRateExceeded { retry_after, .. }
+            | Self::Shed { retry_after, .. } => Some(*retry_after),
             Self::Closed => None,
         }
     }
@@ -85,12 +143,14 @@ impl Rejection {
 struct Waiter {
     id: u64,
     grant: oneshot::Sender<Permit>,
+    predicted_wait: Option<Duration>,
 }
 
 #[derive(Default)]
 struct TenantState {
     active: u32,
-    queue: VecDeque<Waiter>,
+    /// Waiters by class ([`Priority::index`]).
+    queues: [VecDeque<Waiter>; 2],
     /// Admissions so far divided by weight: the fair-queueing clock.
     virtual_served: f64,
 }
@@ -101,12 +161,16 @@ struct State {
     closed: bool,
     next_waiter: u64,
     queued: usize,
+    /// Waiters by class ([`Priority::index`]).
+    queued_by_class: [usize; 2],
     tenants: HashMap<String, TenantState>,
     policies: HashMap<String, TenantPolicy>,
     /// Token buckets of the tenants with a token rate.
     buckets: HashMap<String, TokenBucket>,
-    /// Admission instants inside the drain-rate window.
-    recent_admissions: VecDeque<Instant>,
+    drain: DrainRate,
+    bookings: Bookings,
+    /// Admission to first token, as the governor last measured it.
+    service: Duration,
 }
 
 /// Counts an observer may read at any time.
@@ -115,6 +179,8 @@ pub struct AdmissionSnapshot {
     pub limit: u32,
     pub active: u32,
     pub queued: usize,
+    /// Places held for shed requests' retries.
+    pub booked: usize,
 }
 
 pub struct Admission {
@@ -126,6 +192,8 @@ pub struct Admission {
 pub struct Permit {
     admission: Arc<Admission>,
     tenant: String,
+    /// The wait shedding predicted for it, when it could.
+    predicted_wait: Option<Duration>,
 }
 
 impl std::fmt::Debug for Permit {
@@ -139,6 +207,10 @@ impl std::fmt::Debug for Permit {
 impl Permit {
     pub fn tenant(&self) -> &str {
         &self.tenant
+    }
+
+    pub fn predicted_wait(&self) -> Option<Duration> {
+        self.predicted_wait
     }
 }
 
@@ -188,11 +260,6 @@ impl Drop for TokenCharge {
     }
 }
 
-/// How far back admissions count towards the drain rate.
-const DRAIN_WINDOW: Duration = Duration::from_secs(30);
-const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
 /// Grants computed under the lock, sent after it is released: a grant whose
 /// waiter is gone drops its permit, which takes the lock again.
 type Grants = Vec<(oneshot::Sender<Permit>, Permit)>;
@@ -218,10 +285,13 @@ impl Admission {
                 closed: false,
                 next_waiter: 0,
                 queued: 0,
+                queued_by_class: [0; 2],
                 tenants: HashMap::new(),
                 policies,
                 buckets,
-                recent_admissions: VecDeque::new(),
+                drain: DrainRate::default(),
+                bookings: Bookings::default(),
+                service: Duration::ZERO,
             }),
             limits,
         })
@@ -237,7 +307,22 @@ impl Admission {
             limit: state.limit,
             active: state.active,
             queued: state.queued,
+            booked: state.bookings.len(),
         }
+    }
+
+    /// Sets the time an admitted stream takes to its first token, which
+    /// shedding adds to the queue wait it predicts (the governor's input).
+    pub fn set_service_time(&self, service: Duration) {
+        self.lock().service = service;
+    }
+
+    /// The class a tenant's requests get when they name none.
+    pub fn default_priority(&self, tenant: &str) -> Priority {
+        self.lock()
+            .policies
+            .get(tenant)
+            .map_or(Priority::Interactive, |policy| policy.priority)
     }
 
     /// Sets the concurrency limit (the governor's output). Raising it admits
@@ -339,26 +424,76 @@ impl Admission {
         let mut state = self.lock();
         state.closed = true;
         for tenant in state.tenants.values_mut() {
-            tenant.queue.clear();
+            tenant.queues.iter_mut().for_each(VecDeque::clear);
         }
         state.queued = 0;
+        state.queued_by_class = [0; 2];
     }
 
-    /// Waits for a permit for `tenant`, at most the configured wait.
+    /// Waits for an interactive permit for `tenant` without a deadline.
     pub async fn acquire(self: &Arc<Self>, tenant: &str) -> Result<Permit, Rejection> {
+        self.acquire_with(tenant, Urgency::default()).await
+    }
+
+    /// Waits for a permit for `tenant`, at most the configured wait, or
+    /// sheds the request at once when its deadline cannot be met.
+    pub async fn acquire_with(
+        self: &Arc<Self>,
+        tenant: &str,
+        urgency: Urgency,
+    ) -> Result<Permit, Rejection> {
+        let class = urgency.priority;
         let (id, grant) = {
             let mut state = self.lock();
             if state.closed {
                 return Err(Rejection::Closed);
             }
+            let now = Instant::now().into_std();
             let policy = state.policies.get(tenant).cloned().unwrap_or_default();
             let tenant_state = state.tenants.entry(tenant.to_owned()).or_default();
             let tenant_has_room = tenant_state.active < policy.max_concurrent;
-            if state.active < state.limit && tenant_has_room && state.queued == 0 {
-                return Ok(self.admit(&mut state, tenant));
+            let ahead = queued_ahead(&state, class);
+            let must_wait =
+                !(state.active < self.class_limit(&state, class) && tenant_has_room && ahead == 0);
+            let claimed = state.bookings.claim(urgency.retry_key, now);
+            let verdict = if claimed {
+                Verdict::Queue {
+                    predicted_wait: None,
+                }
+            } else {
+                let booked = state.bookings.held_for_others(urgency.retry_key, now);
+                let arrival = Arrival {
+                    must_wait,
+                    ahead: ahead + booked,
+                    drain_per_second: state.drain.per_second(now),
+                    service: state.service,
+                    deadline: urgency.deadline,
+                };
+                shed::decide(&arrival)
+            };
+            let predicted_wait = match verdict {
+                Verdict::Queue { predicted_wait } => predicted_wait,
+                Verdict::Shed {
+                    predicted_wait,
+                    retry_after,
+                    bookable,
+                } => {
+                    let booked = bookable
+                        && state
+                            .bookings
+                            .book(urgency.retry_key, now + retry_after, now);
+                    return Err(Rejection::Shed {
+                        retry_after,
+                        predicted_wait,
+                        booked,
+                    });
+                }
+            };
+            if !must_wait {
+                return Ok(self.admit(&mut state, tenant, predicted_wait));
             }
             if state.queued >= self.limits.max_queue {
-                let retry_after = retry_after(&state);
+                let retry_after = retry_after(&mut state);
                 return Err(if tenant_has_room {
                     Rejection::QueueFull { retry_after }
                 } else {
@@ -371,13 +506,18 @@ impl Admission {
             let min_virtual = min_backlogged_virtual(&state);
             let tenant_state = state.tenants.get_mut(tenant).expect("inserted above");
             if let Some(min_virtual) = min_virtual
-                && tenant_state.queue.is_empty()
+                && tenant_state.queues.iter().all(VecDeque::is_empty)
             {
                 // A tenant returning from idle does not bank credit.
                 tenant_state.virtual_served = tenant_state.virtual_served.max(min_virtual);
             }
-            tenant_state.queue.push_back(Waiter { id, grant });
+            tenant_state.queues[class.index()].push_back(Waiter {
+                id,
+                grant,
+                predicted_wait,
+            });
             state.queued += 1;
+            state.queued_by_class[class.index()] += 1;
             let grants = self.dispatch(&mut state);
             drop(state);
             send_grants(grants);
@@ -386,6 +526,7 @@ impl Admission {
         let mut leave_queue = QueueExit {
             admission: self,
             tenant,
+            class,
             id,
             armed: true,
         };
@@ -402,13 +543,26 @@ impl Admission {
             Err(_) => {
                 drop(leave_queue);
                 Err(Rejection::WaitTimedOut {
-                    retry_after: retry_after(&self.lock()),
+                    retry_after: retry_after(&mut self.lock()),
                 })
             }
         }
     }
 
-    fn admit(self: &Arc<Self>, state: &mut State, tenant: &str) -> Permit {
+    /// The permits a class may hold: batch leaves the reserve.
+    fn class_limit(&self, state: &State, class: Priority) -> u32 {
+        match class {
+            Priority::Interactive => state.limit,
+            Priority::Batch => state.limit.saturating_sub(self.limits.interactive_reserve),
+        }
+    }
+
+    fn admit(
+        self: &Arc<Self>,
+        state: &mut State,
+        tenant: &str,
+        predicted_wait: Option<Duration>,
+    ) -> Permit {
         let weight = state
             .policies
             .get(tenant)
@@ -418,46 +572,43 @@ impl Admission {
         tenant_state.active += 1;
         tenant_state.virtual_served += 1.0 / weight;
         state.active += 1;
-        let now = Instant::now();
-        state.recent_admissions.push_back(now);
-        while state
-            .recent_admissions
-            .front()
-            .is_some_and(|&t| now.duration_since(t) > DRAIN_WINDOW)
-        {
-            state.recent_admissions.pop_front();
-        }
         Permit {
             admission: Arc::clone(self),
             tenant: tenant.to_owned(),
+            predicted_wait,
         }
     }
 
-    /// Hands free permits to waiters, fairest tenant first.
+    /// Hands free permits to waiters: interactive before batch, within a
+    /// class the fairest tenant first.
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Grants {
         let mut grants = Vec::new();
-        while state.active < state.limit {
-            let next = state
-                .tenants
-                .iter()
-                .filter(|(name, tenant)| {
-                    let cap = state
-                        .policies
-                        .get(*name)
-                        .map_or(u32::MAX, |p| p.max_concurrent);
-                    !tenant.queue.is_empty() && tenant.active < cap
-                })
-                .min_by(|a, b| a.1.virtual_served.total_cmp(&b.1.virtual_served))
-                .map(|(name, _)| name.clone());
-            let Some(name) = next else { break };
-            let waiter = state
-                .tenants
-                .get_mut(&name)
-                .and_then(|tenant| tenant.queue.pop_front())
-                .expect("tenant chosen for a non-empty queue");
-            state.queued -= 1;
-            let permit = self.admit(state, &name);
-            grants.push((waiter.grant, permit));
+        for class in [Priority::Interactive, Priority::Batch] {
+            let queue = class.index();
+            while state.active < self.class_limit(state, class) {
+                let next = state
+                    .tenants
+                    .iter()
+                    .filter(|(name, tenant)| {
+                        let cap = state
+                            .policies
+                            .get(*name)
+                            .map_or(u32::MAX, |p| p.max_concurrent);
+                        !tenant.queues[queue].is_empty() && tenant.active < cap
+                    })
+                    .min_by(|a, b| a.1.virtual_served.total_cmp(&b.1.virtual_served))
+                    .map(|(name, _)| name.clone());
+                let Some(name) = next else { break };
+                let waiter = state
+                    .tenants
+                    .get_mut(&name)
+                    .and_then(|tenant| tenant.queues[queue].pop_front())
+                    .expect("tenant chosen for a non-empty queue");
+                state.queued -= 1;
+                state.queued_by_class[queue] -= 1;
+                let permit = self.admit(state, &name, waiter.predicted_wait);
+                grants.push((waiter.grant, permit));
+            }
         }
         grants
     }
@@ -466,6 +617,7 @@ impl Admission {
         let grants = {
             let mut state = self.lock();
             state.active -= 1;
+            state.drain.record(Instant::now().into_std());
             if let Some(tenant_state) = state.tenants.get_mut(tenant) {
                 tenant_state.active -= 1;
             }
@@ -474,15 +626,17 @@ impl Admission {
         send_grants(grants);
     }
 
-    fn leave_queue(&self, tenant: &str, id: u64) {
+    fn leave_queue(&self, tenant: &str, class: Priority, id: u64) {
         let mut state = self.lock();
         let removed = state.tenants.get_mut(tenant).is_some_and(|t| {
-            let before = t.queue.len();
-            t.queue.retain(|waiter| waiter.id != id);
-            t.queue.len() < before
+            let queue = &mut t.queues[class.index()];
+            let before = queue.len();
+            queue.retain(|waiter| waiter.id != id);
+            queue.len() < before
         });
         if removed {
             state.queued -= 1;
+            state.queued_by_class[class.index()] -= 1;
         }
     }
 }
@@ -498,24 +652,28 @@ fn min_backlogged_virtual(state: &State) -> Option<f64> {
     state
         .tenants
         .values()
-        .filter(|t| !t.queue.is_empty())
+        .filter(|t| t.queues.iter().any(|queue| !queue.is_empty()))
         .map(|t| t.virtual_served)
         .reduce(f64::min)
 }
 
-/// Seconds until the queue ahead would drain at the measured admission rate.
-fn retry_after(state: &State) -> Duration {
-    let admissions = state.recent_admissions.len();
-    let seconds = match (
-        state.recent_admissions.front(),
-        state.recent_admissions.back(),
-    ) {
-        (Some(&first), Some(&last)) if admissions > 1 && last > first => {
-            let rate = (admissions - 1) as f64 / (last - first).as_secs_f64();
+/// Waiters a request of `class` queues behind: its class and those above.
+fn queued_ahead(state: &State, class: Priority) -> usize {
+    match class {
+        Priority::Interactive => state.queued_by_class[Priority::Interactive.index()],
+        Priority::Batch => state.queued,
+    }
+}
+
+/// Seconds until the queue would drain at the measured release rate.
+fn retry_after(state: &mut State) -> Duration {
+    let now = Instant::now().into_std();
+    let seconds = state
+        .drain
+        .per_second(now)
+        .map_or(MIN_RETRY_AFTER.as_secs_f64(), |rate| {
             (state.queued as f64 + 1.0) / rate
-        }
-        _ => MIN_RETRY_AFTER.as_secs_f64(),
-    };
+        });
     Duration::from_secs_f64(seconds.ceil()).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
 }
 
@@ -524,6 +682,7 @@ fn retry_after(state: &State) -> Duration {
 struct QueueExit<'a> {
     admission: &'a Arc<Admission>,
     tenant: &'a str,
+    class: Priority,
     id: u64,
     armed: bool,
 }
@@ -531,258 +690,10 @@ struct QueueExit<'a> {
 impl Drop for QueueExit<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.admission.leave_queue(self.tenant, self.id);
+            self.admission.leave_queue(self.tenant, self.class, self.id);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> AdmissionLimits {
-        AdmissionLimits {
-            max_queue: 64,
-            max_wait: Duration::from_secs(30),
-        }
-    }
-
-    fn admission(limit: u32) -> Arc<Admission> {
-        Admission::new(limit, limits(), HashMap::new())
-    }
-
-    /// Lets spawned waiters run up to their next await.
-    async fn settle() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn admits_up_to_the_limit_then_queues_in_order() {
-        let admission = admission(2);
-        let first = admission.acquire("a").await.unwrap();
-        let _second = admission.acquire("a").await.unwrap();
-        let waiting = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move { admission.acquire("a").await })
-        };
-        settle().await;
-        assert_eq!(
-            admission.snapshot(),
-            AdmissionSnapshot {
-                limit: 2,
-                active: 2,
-                queued: 1
-            }
-        );
-        drop(first);
-        let third = waiting.await.unwrap().unwrap();
-        assert_eq!(third.tenant(), "a");
-        assert_eq!(admission.snapshot().queued, 0);
-        assert_eq!(admission.snapshot().active, 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_light_tenant_is_not_starved_by_a_flood() {
-        let admission = admission(1);
-        let running = admission.acquire("flood").await.unwrap();
-        let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
-        let spawn_waiter = |tenant: &'static str| {
-            let (admission, order_tx) = (Arc::clone(&admission), order_tx.clone());
-            // Each admitted stream reports and finishes at once.
-            tokio::spawn(async move {
-                let _permit = admission.acquire(tenant).await.unwrap();
-                order_tx.send(tenant).unwrap();
-            })
-        };
-        let mut waiters: Vec<_> = (0..10).map(|_| spawn_waiter("flood")).collect();
-        settle().await;
-        waiters.push(spawn_waiter("light"));
-        settle().await;
-        drop(running);
-        for waiter in waiters {
-            waiter.await.unwrap();
-        }
-        let order: Vec<&str> = std::iter::from_fn(|| order_rx.try_recv().ok()).collect();
-        assert_eq!(order.len(), 11);
-        let light_at = order.iter().position(|t| *t == "light").unwrap();
-        assert!(
-            light_at < 2,
-            "light admitted at position {light_at}: {order:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn tenant_cap_holds_while_others_run() {
-        let mut policies = HashMap::new();
-        policies.insert(
-            "capped".to_owned(),
-            TenantPolicy {
-                max_concurrent: 1,
-                ..TenantPolicy::default()
-            },
-        );
-        let admission = Admission::new(4, limits(), policies);
-        let _one = admission.acquire("capped").await.unwrap();
-        let blocked = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move { admission.acquire("capped").await })
-        };
-        settle().await;
-        let other = admission.acquire("free").await.unwrap();
-        assert_eq!(other.tenant(), "free");
-        assert_eq!(admission.snapshot().active, 2);
-        assert_eq!(admission.snapshot().queued, 1);
-        blocked.abort();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn full_queue_rejects_with_retry_after() {
-        let admission = Admission::new(
-            1,
-            AdmissionLimits {
-                max_queue: 1,
-                max_wait: Duration::from_secs(30),
-            },
-            HashMap::new(),
-        );
-        let _running = admission.acquire("a").await.unwrap();
-        let _queued = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move { admission.acquire("a").await })
-        };
-        settle().await;
-        let rejection = admission.acquire("a").await.unwrap_err();
-        assert!(matches!(rejection, Rejection::QueueFull { .. }));
-        assert!(rejection.retry_after().unwrap() >= Duration::from_secs(1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn waiting_past_the_deadline_is_rejected_and_leaves_the_queue() {
-        let admission = admission(1);
-        let _running = admission.acquire("a").await.unwrap();
-        let rejection = admission.acquire("a").await.unwrap_err();
-        assert!(matches!(rejection, Rejection::WaitTimedOut { .. }));
-        assert_eq!(admission.snapshot().queued, 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_waiter_that_goes_away_leaves_the_queue_at_once() {
-        let admission = admission(1);
-        let running = admission.acquire("a").await.unwrap();
-        let waiter = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move { admission.acquire("a").await })
-        };
-        settle().await;
-        assert_eq!(admission.snapshot().queued, 1);
-        waiter.abort();
-        settle().await;
-        assert_eq!(admission.snapshot().queued, 0);
-        drop(running);
-        assert_eq!(admission.snapshot().active, 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn raising_the_limit_admits_waiters_and_lowering_revokes_nothing() {
-        let admission = admission(1);
-        let first = admission.acquire("a").await.unwrap();
-        let waiter = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move { admission.acquire("a").await })
-        };
-        settle().await;
-        admission.set_limit(2);
-        let second = waiter.await.unwrap().unwrap();
-        admission.set_limit(1);
-        assert_eq!(admission.snapshot().active, 2);
-        drop(first);
-        drop(second);
-        assert_eq!(admission.snapshot().active, 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn closing_rejects_new_requests() {
-        let admission = admission(1);
-        admission.close();
-        assert_eq!(admission.acquire("a").await.unwrap_err(), Rejection::Closed);
-    }
-
-    fn rated(tenant: &str, tokens_per_minute: u32) -> Arc<Admission> {
-        let policy = TenantPolicy {
-            tokens_per_minute: Some(tokens_per_minute),
-            ..TenantPolicy::default()
-        };
-        Admission::new(4, limits(), HashMap::from([(tenant.to_owned(), policy)]))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_tenant_over_its_token_rate_is_rejected_until_its_bucket_refills() {
-        let admission = rated("small", 60);
-        let charge = admission.charge_tokens("small", 50).unwrap().unwrap();
-        assert_eq!(charge.charged(), 50);
-        let rejection = admission.charge_tokens("small", 30).unwrap_err();
-        // 10 tokens left at 1 token/s: 20 s until 30 fit.
-        assert_eq!(
-            rejection,
-            Rejection::TokenRateExceeded {
-                retry_after: Duration::from_secs(20),
-                tokens_per_minute: 60
-            }
-        );
-        assert!(
-            admission.charge_tokens("other", 10_000).unwrap().is_none(),
-            "a tenant without a rate is not charged"
-        );
-        tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(admission.charge_tokens("small", 30).unwrap().is_some());
-        drop(charge);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_settled_charge_returns_unused_tokens_and_takes_overuse() {
-        let admission = rated("t", 60);
-        let mut charge = admission.charge_tokens("t", 60).unwrap().unwrap();
-        charge.record_use(20);
-        drop(charge);
-        // 40 came back.
-        let mut charge = admission.charge_tokens("t", 40).unwrap().unwrap();
-        assert!(admission.charge_tokens("t", 1).is_err());
-        // The request used 70 of its 40: 30 tokens of debt.
-        charge.record_use(70);
-        drop(charge);
-        assert_eq!(
-            admission.charge_tokens("t", 30).unwrap_err().retry_after(),
-            Some(Duration::from_secs(60))
-        );
-        // A charge dropped unused (the request never ran) comes back whole.
-        tokio::time::advance(Duration::from_secs(90)).await;
-        let unused = admission.charge_tokens("t", 60).unwrap().unwrap();
-        drop(unused);
-        assert!(admission.charge_tokens("t", 60).unwrap().is_some());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_tenant_cap_changed_at_run_time_applies_and_restores() {
-        let admission = admission(8);
-        let saved = admission.tenant_caps();
-        assert_eq!(admission.set_tenant_cap("noisy", 1), u32::MAX);
-        let _running = admission.acquire("noisy").await.unwrap();
-        let waiter = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move { admission.acquire("noisy").await })
-        };
-        settle().await;
-        assert_eq!(
-            admission.snapshot().queued,
-            1,
-            "capped at 1 under a limit of 8"
-        );
-        assert_eq!(admission.tenant_caps()["noisy"], 1);
-        admission.set_tenant_caps(&saved);
-        let second = waiter.await.unwrap().unwrap();
-        assert_eq!(second.tenant(), "noisy");
-        assert_eq!(admission.tenant_caps()["noisy"], u32::MAX);
-    }
-}
+mod tests;

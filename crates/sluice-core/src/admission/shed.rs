@@ -1,0 +1,331 @@
+//! Deadline-aware shedding, decided when a request asks for admission: can
+//! it have its first token within its deadline? The prediction is its place
+//! in the queue over the rate the queue drains (permits released per
+//! second, measured), plus the time an admitted stream takes to its first
+//! token (the governor's window). A request that would miss is told at
+//! once, with a `Retry-After` from the same prediction: the time until the
+//! queue ahead has drained to where a request meets the deadline.
+//!
+//! That advice is a booking. The rejected request's place is held for it
+//! (keyed by tenant and request content) from the advised time for a
+//! grace period, and counts as queued for every other arrival meanwhile,
+//! so when the client comes back as told, its place is there. Without
+//! the booking, under sustained overload the queue would be full again by
+//! then and the advice would be a lottery. Bookings are bounded in count
+//! and in horizon ([`MAX_RETRY_AFTER`]); past the horizon the answer is
+//! the horizon, unbooked.
+//!
+//! Pure: the caller passes the time.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How far back permit releases count towards the drain rate: long enough
+/// to hold several releases at this machine's few per second, short enough
+/// to follow a change of load within a governor window or two.
+pub const DRAIN_WINDOW: Duration = Duration::from_secs(20);
+/// Releases the window needs before its rate is trusted; with fewer (a cold
+/// start) nothing is shed for a prediction.
+pub const MIN_RELEASES: usize = 4;
+pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The furthest a booking reaches: past it, a client is told to come back
+/// then, without a held place.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long after its time a booking waits for its client.
+pub const BOOKING_GRACE: Duration = Duration::from_secs(10);
+/// How early before its time a booking is honoured (clients round
+/// `Retry-After` and clocks differ).
+pub const BOOKING_EARLY: Duration = Duration::from_secs(2);
+/// Most bookings held at once.
+pub const MAX_BOOKINGS: usize = 1024;
+
+/// Permit releases per second over [`DRAIN_WINDOW`].
+#[derive(Debug, Default)]
+pub struct DrainRate {
+    releases: VecDeque<Instant>,
+}
+
+impl DrainRate {
+    pub fn record(&mut self, now: Instant) {
+        self.releases.push_back(now);
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .releases
+            .front()
+            .is_some_and(|&at| now.saturating_duration_since(at) > DRAIN_WINDOW)
+        {
+            self.releases.pop_front();
+        }
+    }
+
+    /// Releases per second; None until the window holds [`MIN_RELEASES`].
+    /// Over the whole window, not from its first release: a queue that
+    /// drained slowly for a while drains slowly.
+    pub fn per_second(&mut self, now: Instant) -> Option<f64> {
+        self.expire(now);
+        (self.releases.len() >= MIN_RELEASES)
+            .then(|| self.releases.len() as f64 / DRAIN_WINDOW.as_secs_f64())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Booking {
+    key: u64,
+    due: Instant,
+}
+
+/// Places held for rejected requests until their advised time (plus grace).
+#[derive(Debug, Default)]
+pub struct Bookings {
+    held: VecDeque<Booking>,
+}
+
+impl Bookings {
+    fn expire(&mut self, now: Instant) {
+        self.held
+            .retain(|booking| now.saturating_duration_since(booking.due) <= BOOKING_GRACE);
+    }
+
+    /// Bookings still held, but for `key`'s own.
+    pub fn held_for_others(&mut self, key: u64, now: Instant) -> usize {
+        self.expire(now);
+        self.held
+            .iter()
+            .filter(|booking| booking.key != key)
+            .count()
+    }
+
+    /// Takes `key`'s booking if it is due (or nearly): the request queues
+    /// without a prediction, in the place held for it.
+    pub fn claim(&mut self, key: u64, now: Instant) -> bool {
+        self.expire(now);
+        let due = self
+            .held
+            .iter()
+            .position(|booking| booking.key == key && booking.due <= now + BOOKING_EARLY);
+        due.and_then(|index| self.held.remove(index)).is_some()
+    }
+
+    /// Holds a place for `key` at `due`, replacing an earlier one of the
+    /// same key; false when the book is full.
+    pub fn book(&mut self, key: u64, due: Instant, now: Instant) -> bool {
+        self.expire(now);
+        self.held.retain(|booking| booking.key != key);
+        if self.held.len() >= MAX_BOOKINGS {
+            return false;
+        }
+        self.held.push_back(Booking { key, due });
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// What the shedding rule sees of one arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Whether it must wait: no permit free for its class, or others of
+    /// its class (or above) queued first.
+    pub must_wait: bool,
+    /// Requests that will be admitted before it: queued ahead of it and
+    /// places booked for others.
+    pub ahead: usize,
+    /// Permits released per second, when measured.
+    pub drain_per_second: Option<f64>,
+    /// Admission to first token, as the governor last measured it.
+    pub service: Duration,
+    /// Longest it may take to its first token; None: no deadline.
+    pub deadline: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// It queues (or runs at once); the wait predicted when one could be.
+    Queue { predicted_wait: Option<Duration> },
+    /// It would miss its deadline: turned away, told when to come back.
+    Shed {
+        predicted_wait: Duration,
+        retry_after: Duration,
+        /// Whether `retry_after` is within the booking horizon.
+        bookable: bool,
+    },
+}
+
+/// The shedding rule (module docs).
+pub fn decide(arrival: &Arrival) -> Verdict {
+    if !arrival.must_wait {
+        return Verdict::Queue {
+            predicted_wait: Some(Duration::ZERO),
+        };
+    }
+    let Some(rate) = arrival.drain_per_second.filter(|rate| *rate > 0.0) else {
+        return Verdict::Queue {
+            predicted_wait: None,
+        };
+    };
+    let wait = (arrival.ahead as f64 + 1.0) / rate;
+    let predicted_wait = Duration::from_secs_f64(wait);
+    let Some(deadline) = arrival.deadline else {
+        return Verdict::Queue {
+            predicted_wait: Some(predicted_wait),
+        };
+    };
+    let room = deadline.as_secs_f64() - arrival.service.as_secs_f64();
+    if wait <= room {
+        return Verdict::Queue {
+            predicted_wait: Some(predicted_wait),
+        };
+    }
+    // Places ahead that still meet the deadline: (places + 1) / rate <=
+    // room. The rest must drain first.
+    let places = (room * rate - 1.0).floor().max(-1.0);
+    let excess = arrival.ahead as f64 - places;
+    let seconds = (excess / rate).ceil();
+    let bookable = seconds <= MAX_RETRY_AFTER.as_secs_f64();
+    let retry_after = Duration::from_secs_f64(seconds).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
+    Verdict::Shed {
+        predicted_wait,
+        retry_after,
+        bookable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(ahead: usize, rate: f64, deadline_s: u64) -> Arrival {
+        Arrival {
+            must_wait: true,
+            ahead,
+            drain_per_second: Some(rate),
+            service: Duration::from_secs(2),
+            deadline: Some(Duration::from_secs(deadline_s)),
+        }
+    }
+
+    #[test]
+    fn a_request_whose_predicted_first_token_meets_its_deadline_queues() {
+        // 0.5 releases/s, 2 s to a first token once admitted, deadline 10 s:
+        // places ahead up to 3 wait (4 / 0.5 =) 8 s and meet it.
+        let verdict = decide(&arrival(3, 0.5, 10));
+        assert_eq!(
+            verdict,
+            Verdict::Queue {
+                predicted_wait: Some(Duration::from_secs(8))
+            }
+        );
+    }
+
+    #[test]
+    fn one_that_would_miss_is_shed_with_the_time_its_place_would_meet_it() {
+        // 9 ahead: 20 s wait. 3 places meet the deadline; 6 must drain
+        // first, at 0.5/s: 12 s.
+        let verdict = decide(&arrival(9, 0.5, 10));
+        assert_eq!(
+            verdict,
+            Verdict::Shed {
+                predicted_wait: Duration::from_secs(20),
+                retry_after: Duration::from_secs(12),
+                bookable: true,
+            }
+        );
+        // Coming back after 12 s with the 6 drained, it queues.
+        assert!(matches!(
+            decide(&arrival(3, 0.5, 10)),
+            Verdict::Queue { .. }
+        ));
+    }
+
+    #[test]
+    fn no_wait_no_measurement_or_no_deadline_sheds_nothing() {
+        let free = Arrival {
+            must_wait: false,
+            ..arrival(100, 0.5, 1)
+        };
+        assert_eq!(
+            decide(&free),
+            Verdict::Queue {
+                predicted_wait: Some(Duration::ZERO)
+            }
+        );
+        let cold = Arrival {
+            drain_per_second: None,
+            ..arrival(100, 0.5, 1)
+        };
+        assert_eq!(
+            decide(&cold),
+            Verdict::Queue {
+                predicted_wait: None
+            }
+        );
+        let batch = Arrival {
+            deadline: None,
+            ..arrival(100, 0.5, 1)
+        };
+        assert!(matches!(decide(&batch), Verdict::Queue { .. }));
+    }
+
+    #[test]
+    fn past_the_horizon_the_advice_is_the_horizon_unbooked() {
+        let verdict = decide(&arrival(200, 0.5, 10));
+        assert_eq!(
+            verdict,
+            Verdict::Shed {
+                predicted_wait: Duration::from_secs(402),
+                retry_after: MAX_RETRY_AFTER,
+                bookable: false,
+            }
+        );
+    }
+
+    #[test]
+    fn the_drain_rate_counts_releases_of_the_window_once_there_are_enough() {
+        let start = Instant::now();
+        let mut drain = DrainRate::default();
+        for second in 0..3 {
+            drain.record(start + Duration::from_secs(second));
+        }
+        assert_eq!(drain.per_second(start + Duration::from_secs(3)), None);
+        for second in 3..10 {
+            drain.record(start + Duration::from_secs(second));
+        }
+        assert_eq!(drain.per_second(start + Duration::from_secs(10)), Some(0.5));
+        // Thirty seconds later the window is empty again.
+        assert_eq!(drain.per_second(start + Duration::from_secs(40)), None);
+    }
+
+    #[test]
+    fn a_booking_is_claimed_by_its_key_when_due_and_lapses_after_its_grace() {
+        let now = Instant::now();
+        let mut bookings = Bookings::default();
+        assert!(bookings.book(7, now + Duration::from_secs(12), now));
+        assert!(bookings.book(8, now + Duration::from_secs(12), now));
+        assert_eq!(bookings.held_for_others(7, now), 1);
+        assert!(!bookings.claim(7, now), "too early");
+        assert!(
+            !bookings.claim(9, now + Duration::from_secs(12)),
+            "no such key"
+        );
+        assert!(bookings.claim(7, now + Duration::from_secs(11)));
+        assert!(
+            !bookings.claim(7, now + Duration::from_secs(12)),
+            "claimed once"
+        );
+        assert_eq!(bookings.len(), 1);
+        assert_eq!(
+            bookings.held_for_others(0, now + Duration::from_secs(23)),
+            0,
+            "lapsed 10 s after its time"
+        );
+    }
+}
