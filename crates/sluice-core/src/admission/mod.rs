@@ -17,18 +17,21 @@
 //! the tenant's bucket before it queues ([`Admission::charge_tokens`]), and
 //! the charge is settled against the real use when the request ends.
 
+mod charge;
 pub mod shed;
+mod urgency;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::rate::TokenBucket;
+pub use charge::TokenCharge;
 use shed::{Arrival, Bookings, DrainRate, MAX_RETRY_AFTER, MIN_RETRY_AFTER, Verdict};
+pub use urgency::{Priority, Urgency};
 
 /// Requests without a known API key belong to this tenant.
 pub const DEFAULT_TENANT: &str = "default";
@@ -54,41 +57,6 @@ impl Default for TenantPolicy {
             priority: Priority::Interactive,
         }
     }
-}
-
-/// A request's priority class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    /// Someone waits for it: admitted first, never behind batch work.
-    #[default]
-    Interactive,
-    /// Fills idle capacity and yields first.
-    Batch,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Interactive => "interactive",
-            Self::Batch => "batch",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// What admission knows of one request beside its tenant.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Urgency {
-    pub priority: Priority,
-    /// Longest it may wait for its first token; None: no deadline.
-    pub deadline: Option<Duration>,
-    /// Identifies a retry of this request (tenant and content), to give it
-    /// the place its `Retry-After` booked.
-    pub retry_key: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,46 +188,6 @@ impl Drop for Permit {
     }
 }
 
-/// Tokens a request took from its tenant's bucket. Dropping it settles the
-/// charge against the use recorded with [`TokenCharge::record_use`]: unused
-/// tokens go back, tokens used beyond the charge are taken as debt. A
-/// request that never ran (rejected later, engine full) records no use and
-/// gets its whole charge back.
-pub struct TokenCharge {
-    admission: Arc<Admission>,
-    tenant: String,
-    charged: u64,
-    used: u64,
-}
-
-impl std::fmt::Debug for TokenCharge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCharge")
-            .field("tenant", &self.tenant)
-            .field("charged", &self.charged)
-            .field("used", &self.used)
-            .finish()
-    }
-}
-
-impl TokenCharge {
-    pub fn charged(&self) -> u64 {
-        self.charged
-    }
-
-    /// The tokens the request has used so far (prompt plus completion).
-    pub fn record_use(&mut self, tokens: u64) {
-        self.used = tokens;
-    }
-}
-
-impl Drop for TokenCharge {
-    fn drop(&mut self) {
-        self.admission
-            .settle_tokens(&self.tenant, self.charged, self.used);
-    }
-}
-
 /// Grants computed under the lock, sent after it is released: a grant whose
 /// waiter is gone drops its permit, which takes the lock again.
 type Grants = Vec<(oneshot::Sender<Permit>, Permit)>;
@@ -377,46 +305,6 @@ impl Admission {
             self.dispatch(&mut state)
         };
         send_grants(grants);
-    }
-
-    /// Charges `tokens` to the tenant's token bucket, before the request
-    /// queues: a tenant over its rate gets its answer at once and holds no
-    /// queue place. `None` for a tenant without a token rate.
-    pub fn charge_tokens(
-        self: &Arc<Self>,
-        tenant: &str,
-        tokens: u64,
-    ) -> Result<Option<TokenCharge>, Rejection> {
-        let mut state = self.lock();
-        let Some(bucket) = state.buckets.get_mut(tenant) else {
-            return Ok(None);
-        };
-        match bucket.try_take(tokens, Instant::now().into_std()) {
-            Ok(charged) => Ok(Some(TokenCharge {
-                admission: Arc::clone(self),
-                tenant: tenant.to_owned(),
-                charged,
-                used: 0,
-            })),
-            Err(wait) => Err(Rejection::TokenRateExceeded {
-                retry_after: Duration::from_secs(wait.as_secs_f64().ceil() as u64)
-                    .max(MIN_RETRY_AFTER),
-                tokens_per_minute: bucket.tokens_per_minute(),
-            }),
-        }
-    }
-
-    fn settle_tokens(&self, tenant: &str, charged: u64, used: u64) {
-        let mut state = self.lock();
-        let Some(bucket) = state.buckets.get_mut(tenant) else {
-            return;
-        };
-        let now = Instant::now().into_std();
-        if used < charged {
-            bucket.refund(charged - used, now);
-        } else {
-            bucket.debit(used - charged, now);
-        }
     }
 
     /// Stops admitting: waiters and new requests are rejected as `Closed`.

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Overload runs as a user sees them: every request sent in the measured
+window, its retry (when the client followed Retry-After) counted as the same
+request. Goodput: requests whose last attempt met the SLO (TTFT and mean
+inter-token gap), per second of the window.
+
+Usage: summarize.py CAPACITY_RPS REPORT.json[.gz] ...
+"""
+import gzip
+import json
+import sys
+
+
+def load(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return json.load(f)
+
+
+def quantile(values, q):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def met(record, slo):
+    if record["status"] != 200 or not record["done"] or record.get("error"):
+        return False
+    ttft = record.get("ttft_seconds")
+    gaps = record.get("itl_seconds") or []
+    mean_gap = sum(gaps) / len(gaps) if gaps else 0.0
+    return ttft is not None and ttft <= slo["ttft"] and mean_gap <= slo["itl"]
+
+
+def fmt(value, unit="s", digits=2):
+    return "–" if value is None else f"{value:.{digits}f} {unit}".strip()
+
+
+def row(report, capacity):
+    slo = {"ttft": 10.0, "itl": 2.0}
+    records = [r for r in report["requests"] if not r["warmup"]]
+    starts = [r["start_seconds"] for r in records]
+    window = (max(starts) - min(starts)) if len(starts) > 1 else 1.0
+    finals = [r.get("retry") or r for r in records]
+    shed = [r for r in records if r["status"] == 429]
+    retries = [r["retry"] for r in records if r.get("retry")]
+    admitted = [f for f in finals if f["status"] == 200]
+    good = [f for f in finals if met(f, slo)]
+    ttfts = [f["ttft_seconds"] for f in admitted if f.get("ttft_seconds") is not None]
+    gaps = [g for f in admitted for g in f.get("itl_seconds") or []]
+    tokens = sum(
+        (f.get("usage_completion_tokens") or f.get("content_chunks") or 0) for f in admitted
+    )
+    plan = report["plan"]["shape"]
+    rate = plan.get("rate")
+    return {
+        "name": report["name"],
+        "offered_rps": rate,
+        "load": rate / capacity if rate and capacity else None,
+        "requests": len(records),
+        "shed_first_try": len(shed),
+        "shed_answer_p99_s": quantile([r["e2e_seconds"] for r in shed], 0.99),
+        "retries": len(retries),
+        "retries_admitted": sum(1 for r in retries if r["status"] == 200),
+        "admitted": len(admitted),
+        "ttft_p50_s": quantile(ttfts, 0.5),
+        "ttft_p95_s": quantile(ttfts, 0.95),
+        "itl_p99_s": quantile(gaps, 0.99),
+        "goodput_rps": len(good) / window,
+        "goodput_of_capacity": len(good) / window / capacity if capacity else None,
+        "output_tok_s": tokens / window,
+    }
+
+
+def main():
+    capacity = float(sys.argv[1])
+    rows = [row(load(path), capacity) for path in sys.argv[2:]]
+    print(f"capacity: {capacity:.3f} req/s; SLO TTFT 10 s, mean inter-token gap 2 s\n")
+    print(
+        "| run | load | requests | shed (answer p99) | retries admitted | admitted "
+        "| TTFT p50 / p95 of admitted | ITL p99 | goodput | of capacity | output tok/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['name']} | {fmt(r['load'], '×', 2)} | {r['requests']} "
+            f"| {r['shed_first_try']} ({fmt(r['shed_answer_p99_s'], 's', 3)}) "
+            f"| {r['retries_admitted']}/{r['retries']} | {r['admitted']} "
+            f"| {fmt(r['ttft_p50_s'])} / {fmt(r['ttft_p95_s'])} | {fmt(r['itl_p99_s'])} "
+            f"| {fmt(r['goodput_rps'], 'req/s', 3)} | {fmt(r['goodput_of_capacity'] and 100 * r['goodput_of_capacity'], '%', 0)} "
+            f"| {r['output_tok_s']:.1f} |"
+        )
+    json.dump(rows, open("/dev/stderr", "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
