@@ -2,7 +2,9 @@
 """Overload runs as a user sees them: every request sent in the measured
 window, its retry (when the client followed Retry-After) counted as the same
 request. Goodput: requests whose last attempt met the SLO (TTFT and mean
-inter-token gap), per second of the window.
+inter-token gap), per second of the window their first attempts were sent
+in. Output tok/s: the admitted requests' tokens over the time from the
+first send to the last end.
 
 Usage: summarize.py CAPACITY_RPS REPORT.json[.gz] ...
 """
@@ -52,6 +54,8 @@ def row(report, capacity):
     tokens = sum(
         (f.get("usage_completion_tokens") or f.get("content_chunks") or 0) for f in admitted
     )
+    ends = [f["start_seconds"] + f["e2e_seconds"] for f in admitted]
+    span = (max(ends) - min(starts)) if ends and starts else 0.0
     plan = report["plan"]["shape"]
     rate = plan.get("rate")
     return {
@@ -69,7 +73,7 @@ def row(report, capacity):
         "itl_p99_s": quantile(gaps, 0.99),
         "goodput_rps": len(good) / window,
         "goodput_of_capacity": len(good) / window / capacity if capacity else None,
-        "output_tok_s": tokens / window,
+        "output_tok_s": tokens / span if span > 0 else 0.0,
     }
 
 
