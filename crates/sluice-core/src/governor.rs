@@ -72,6 +72,22 @@ pub const HYSTERESIS: i64 = 3;
 /// deadline shedding keeps within it.
 pub const SERVICE_SHARE: f64 = 0.5;
 
+/// The fewest admitted prompts the engine may hold awaiting their first
+/// token: enough that a step always has prompt tokens to fill its budget.
+pub const MIN_PROMPT_BACKLOG: usize = 2;
+
+/// Prompts admitted ahead of their prefill that the engine turns into
+/// first tokens within `service` seconds at `drain_per_second` (Little's
+/// law), at least [`MIN_PROMPT_BACKLOG`].
+pub fn prompt_backlog(service: Option<f64>, drain_per_second: Option<f64>) -> usize {
+    match (service, drain_per_second) {
+        (Some(service), Some(rate)) if rate > 0.0 => {
+            ((service * rate).ceil() as usize).max(MIN_PROMPT_BACKLOG)
+        }
+        _ => MIN_PROMPT_BACKLOG,
+    }
+}
+
 /// The inter-token target the step budget aims under when the SLO names
 /// none.
 pub const DEFAULT_ITL_TARGET: f64 = 1.5;
@@ -155,6 +171,9 @@ pub struct Signals {
     pub awaiting_first_token: usize,
     /// Streams holding an admission permit.
     pub active: usize,
+    /// Permits released per second lately (admission's drain rate); None
+    /// until measured.
+    pub drain_per_second: Option<f64>,
     /// The engine steps that ended since the last tick; None if none did.
     pub steps: Option<StepSample>,
 }
@@ -438,9 +457,22 @@ impl Governor {
             ttft_p95: signals.ttft_p95.filter(|_| !budget_can_rise),
             ..*signals
         };
+        let decision = self.limit.tick(&limit_signals, dt);
+        // The prompt gate: new streams enter only as the engine turns
+        // admitted prompts into first tokens. Decodes go first in a step,
+        // so prompts admitted past what the engine prefills within the
+        // service target wait inside it, out of reach of shedding; held
+        // in admission instead, they are shed or admitted in time.
+        let decoding = signals.active.saturating_sub(signals.awaiting_first_token);
+        let backlog = prompt_backlog(
+            self.limit.targets.service_ttft_p95,
+            signals.drain_per_second,
+        );
+        let gate = u32::try_from(decoding + backlog).unwrap_or(u32::MAX);
         Decision {
             step_budget,
-            ..self.limit.tick(&limit_signals, dt)
+            limit: decision.limit.min(gate),
+            ..decision
         }
     }
 }
@@ -820,6 +852,37 @@ mod tests {
     }
 
     #[test]
+    fn the_prompt_gate_admits_only_what_the_engine_prefills_within_the_service_target() {
+        let config = GovernorConfig {
+            enabled: true,
+            ..test_config()
+        };
+        // Service target 3 s (an SLO of 6 s); 0.7 streams end per second:
+        // ceil(3 × 0.7) = 3 prompts may wait for their prefill.
+        let mut governor = Governor::new(config, test_targets(), 128, 128);
+        let overload = Signals {
+            ttft_p95: Some(1.0),
+            itl_p95: Some(0.5),
+            queue_depth: 40,
+            awaiting_first_token: 10,
+            active: 60,
+            drain_per_second: Some(0.7),
+            steps: None,
+        };
+        let decision = governor.tick(&overload, DT);
+        assert_eq!(decision.limit, 50 + 3, "the 50 decoding and 3 prompts");
+        // Its first tokens out, the gate opens as far at once.
+        let caught_up = Signals {
+            awaiting_first_token: 0,
+            ..overload
+        };
+        assert_eq!(governor.tick(&caught_up, DT).limit, 63);
+        // Unmeasured, the engine still gets a backlog to fill its steps.
+        assert_eq!(prompt_backlog(Some(3.0), None), MIN_PROMPT_BACKLOG);
+        assert_eq!(prompt_backlog(Some(0.1), Some(0.7)), MIN_PROMPT_BACKLOG);
+    }
+
+    #[test]
     fn with_the_adaptive_limit_off_only_the_budget_moves() {
         let adapting = GovernorConfig {
             enabled: false,
@@ -835,6 +898,7 @@ mod tests {
             queue_depth: 30,
             awaiting_first_token: 20,
             active: 100,
+            drain_per_second: None,
             steps: Some(StepSample {
                 seconds: 5.0,
                 tokens_per_second: 100.0,

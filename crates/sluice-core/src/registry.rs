@@ -489,13 +489,11 @@ impl StreamHandle {
         self.registry.finish(&self.record, reason)
     }
 
-    /// Waits for an admission permit and moves it into the record. `Queued`
-    /// is stamped only if the stream really waits. A rejection ends the
-    /// stream (`TimedOut` for a wait past the limit, else `Rejected`); a
-    /// stream that ends while it waits (shutdown, cancel) stops waiting at
-    /// once, leaving the queue, and gets `Closed`; a permit granted as it
-    /// ended is released at once. Returns the wait admission predicted, if
-    /// it could.
+    /// Waits for an admission permit and moves it into the record (`Queued`
+    /// stamped only if it waits); returns the wait admission predicted. A
+    /// rejection ends the stream (`TimedOut` past the wait limit, else
+    /// `Rejected`); an end while waiting (shutdown, cancel) leaves the queue
+    /// at once with `Closed`; a permit granted as it ended is released.
     pub async fn admit(
         &mut self,
         admission: &Arc<Admission>,
@@ -527,11 +525,8 @@ impl StreamHandle {
         match outcome {
             Ok(permit) => {
                 let predicted_wait = permit.predicted_wait();
-                if self.admitted(permit) {
-                    Ok(predicted_wait)
-                } else {
-                    Err(Rejection::Closed)
-                }
+                let admitted = self.admitted(permit);
+                admitted.then_some(predicted_wait).ok_or(Rejection::Closed)
             }
             Err(rejection) => {
                 let ended_by_rejection = self.end(match rejection {

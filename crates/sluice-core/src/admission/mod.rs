@@ -125,6 +125,8 @@ struct TenantState {
 
 struct State {
     limit: u32,
+    /// The limit it was built with: the governor's baseline.
+    baseline: u32,
     active: u32,
     closed: bool,
     next_waiter: u64,
@@ -209,6 +211,7 @@ impl Admission {
         Arc::new(Self {
             state: Mutex::new(State {
                 limit,
+                baseline: limit,
                 active: 0,
                 closed: false,
                 next_waiter: 0,
@@ -237,6 +240,11 @@ impl Admission {
             queued: state.queued,
             booked: state.bookings.len(),
         }
+    }
+
+    /// Permits released per second lately; None until measured.
+    pub fn drain_per_second(&self) -> Option<f64> {
+        self.lock().drain.per_second(Instant::now().into_std())
     }
 
     /// Sets the time an admitted stream takes to its first token, which
@@ -437,11 +445,18 @@ impl Admission {
         }
     }
 
-    /// The permits a class may hold: batch leaves the reserve.
+    /// The permits a class may hold. Batch leaves the reserve of the
+    /// baseline, and one place under a lower limit: the governor lowers it
+    /// to hold prompts in admission, and the next place to open there is
+    /// an interactive request's.
     fn class_limit(&self, state: &State, class: Priority) -> u32 {
+        let reserve = self.limits.interactive_reserve;
         match class {
             Priority::Interactive => state.limit,
-            Priority::Batch => state.limit.saturating_sub(self.limits.interactive_reserve),
+            Priority::Batch => state
+                .limit
+                .saturating_sub(reserve.min(1))
+                .min(state.baseline.saturating_sub(reserve)),
         }
     }
 

@@ -89,6 +89,7 @@ pub async fn run(
                     queue_depth: admission.queued,
                     awaiting_first_token: io.latency.awaiting_first_token(),
                     active: admission.active as usize,
+                    drain_per_second: io.admission.drain_per_second(),
                     steps,
                 };
                 let decision = governor.tick(&signals, dt);
