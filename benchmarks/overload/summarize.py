@@ -47,6 +47,11 @@ def row(report, capacity):
     finals = [r.get("retry") or r for r in records]
     shed = [r for r in records if r["status"] == 429]
     retries = [r["retry"] for r in records if r.get("retry")]
+    booked = [
+        r["retry"]
+        for r in records
+        if r.get("retry") and "place is held" in (r.get("error") or "")
+    ]
     admitted = [f for f in finals if f["status"] == 200]
     good = [f for f in finals if met(f, slo)]
     ttfts = [f["ttft_seconds"] for f in admitted if f.get("ttft_seconds") is not None]
@@ -67,6 +72,8 @@ def row(report, capacity):
         "shed_answer_p99_s": quantile([r["e2e_seconds"] for r in shed], 0.99),
         "retries": len(retries),
         "retries_admitted": sum(1 for r in retries if r["status"] == 200),
+        "booked_retries": len(booked),
+        "booked_retries_admitted": sum(1 for r in booked if r["status"] == 200),
         "admitted": len(admitted),
         "ttft_p50_s": quantile(ttfts, 0.5),
         "ttft_p95_s": quantile(ttfts, 0.95),
@@ -82,7 +89,7 @@ def main():
     rows = [row(load(path), capacity) for path in sys.argv[2:]]
     print(f"capacity: {capacity:.3f} req/s; SLO TTFT 10 s, mean inter-token gap 2 s\n")
     print(
-        "| run | load | requests | shed (answer p99) | retries admitted | admitted "
+        "| run | load | requests | shed (answer p99) | retries admitted (booked) | admitted "
         "| TTFT p50 / p95 of admitted | ITL p99 | goodput | of capacity | output tok/s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -90,7 +97,8 @@ def main():
         print(
             f"| {r['name']} | {fmt(r['load'], '×', 2)} | {r['requests']} "
             f"| {r['shed_first_try']} ({fmt(r['shed_answer_p99_s'], 's', 3)}) "
-            f"| {r['retries_admitted']}/{r['retries']} | {r['admitted']} "
+            f"| {r['retries_admitted']}/{r['retries']} ({r['booked_retries_admitted']}/{r['booked_retries']}) "
+            f"| {r['admitted']} "
             f"| {fmt(r['ttft_p50_s'])} / {fmt(r['ttft_p95_s'])} | {fmt(r['itl_p99_s'])} "
             f"| {fmt(r['goodput_rps'], 'req/s', 3)} | {fmt(r['goodput_of_capacity'] and 100 * r['goodput_of_capacity'], '%', 0)} "
             f"| {r['output_tok_s']:.1f} |"
