@@ -28,6 +28,10 @@ pub async fn start_server(sequences: u32, context: u32) -> (RunningServer, Strin
     config.engine.context_per_sequence = context;
     config.engine.long_sequences = 0;
     config.governor.max_streams = sequences;
+    // A fixed server to test the load generator against: no gate or
+    // shedding moving with timing.
+    config.governor.enabled = false;
+    config.admission.deadline_shedding = false;
     let server = RunningServer::start(&config, None).await.unwrap();
     server.engine().wait_ready().await.unwrap();
     let url = format!("http://{}", server.local_addr);

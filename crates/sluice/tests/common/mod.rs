@@ -44,6 +44,12 @@ pub fn test_config() -> RuntimeConfig {
     // test server holds 750 MB less.
     config.engine.long_sequences = 0;
     config.governor.max_streams = 32;
+    // These tests are about the engine and the stream path: many requests
+    // at once must all run, not be gated or shed by timing. Overload
+    // control has its own paused-clock tests (sluice-core) and benchmarks
+    // (benchmarks/overload/); long_prompts.rs runs the default config.
+    config.governor.enabled = false;
+    config.admission.deadline_shedding = false;
     config
 }
 
