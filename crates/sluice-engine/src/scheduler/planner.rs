@@ -139,6 +139,9 @@ pub(super) struct StepPlan {
     pub preps: Vec<PrepChunk>,
     /// Scratch, kept to reuse its allocations.
     prompts: Vec<Prompt>,
+    /// Batch decodes beside interactive work: (steps sat out, longest
+    /// first; slot).
+    batch_decodes: Vec<(std::cmp::Reverse<u8>, usize)>,
     running_preps: Vec<RunningPrep>,
 }
 
@@ -192,6 +195,7 @@ impl StepPlan {
         self.prefills.clear();
         self.preps.clear();
         self.prompts.clear();
+        self.batch_decodes.clear();
         self.running_preps.clear();
     }
 }
@@ -209,8 +213,13 @@ pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
     } else {
         TenantShares::default()
     };
-    plan_decodes(input, &shares, plan);
-    plan_prefills(input, &shares, plan);
+    // Batch yields only to interactive work in the engine.
+    let interactive_work = input
+        .slots
+        .iter()
+        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
+    plan_decodes(input, &shares, interactive_work, plan);
+    plan_prefills(input, &shares, interactive_work, plan);
     plan_preps(input, plan);
 }
 
@@ -218,12 +227,16 @@ pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
 /// decodes of above-share tenants sit out (unless they sat out the last
 /// [`MAX_STEPS_SITTING_OUT`] steps); and while interactive work is in the
 /// engine, batch decodes run only within the budget it leaves.
-fn plan_decodes(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPlan) {
+fn plan_decodes(
+    input: &StepInput,
+    shares: &TenantShares<'_>,
+    interactive_work: bool,
+    plan: &mut StepPlan,
+) {
     let prompt_below_share = input
         .slots
         .iter()
         .any(|slot| ready_prompt(slot).is_some() && shares.is_below_share(&slot.tenant));
-    let mut batch = Vec::new();
     for slot in &input.slots {
         if slot.phase != Phase::Decoding {
             continue;
@@ -233,19 +246,14 @@ fn plan_decodes(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPla
             && slot.steps_sat_out < MAX_STEPS_SITTING_OUT;
         if sits_out {
             plan.sitting_out.push(slot.slot);
-        } else if slot.batch {
-            batch.push(slot);
+        } else if slot.batch && interactive_work {
+            plan.batch_decodes
+                .push((std::cmp::Reverse(slot.steps_sat_out), slot.slot));
         } else {
             plan.decodes.push(slot.slot);
         }
     }
-    let interactive_work = input
-        .slots
-        .iter()
-        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
-    if !interactive_work {
-        plan.decodes.extend(batch.iter().map(|slot| slot.slot));
-        plan.decodes.sort_unstable();
+    if plan.batch_decodes.is_empty() {
         return;
     }
     let interactive_prompts: usize = input
@@ -259,13 +267,13 @@ fn plan_decodes(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPla
         .saturating_sub(plan.decodes.len())
         .saturating_sub(interactive_prompts);
     // Longest sat out first, so every batch stream moves in turn.
-    batch.sort_unstable_by_key(|slot| (std::cmp::Reverse(slot.steps_sat_out), slot.slot));
-    for slot in batch {
-        if room > 0 || slot.steps_sat_out >= MAX_BATCH_STEPS_SITTING_OUT {
+    plan.batch_decodes.sort_unstable();
+    for &(std::cmp::Reverse(steps_sat_out), slot) in &plan.batch_decodes {
+        if room > 0 || steps_sat_out >= MAX_BATCH_STEPS_SITTING_OUT {
             room = room.saturating_sub(1);
-            plan.decodes.push(slot.slot);
+            plan.decodes.push(slot);
         } else {
-            plan.batch_sitting_out.push(slot.slot);
+            plan.batch_sitting_out.push(slot);
         }
     }
     plan.decodes.sort_unstable();
@@ -278,7 +286,12 @@ fn plan_decodes(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPla
 /// decode in it (the batch is sized for that), two light prompts arriving
 /// together are prefilled in one step, not two, and the step is no longer
 /// than those prompts.
-fn plan_prefills(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPlan) {
+fn plan_prefills(
+    input: &StepInput,
+    shares: &TenantShares<'_>,
+    interactive_work: bool,
+    plan: &mut StepPlan,
+) {
     plan.prompts.extend(input.slots.iter().filter_map(|slot| {
         let (prefilled, prompt_len) = ready_prompt(slot)?;
         Some(Prompt {
@@ -304,10 +317,6 @@ fn plan_prefills(input: &StepInput, shares: &TenantShares<'_>, plan: &mut StepPl
     let unfloored = (plan.budget + sat_out).saturating_sub(decodes) as usize;
     let start = unfloored.max(input.budget.min_prefill_chunk as usize);
     let mut budget = start;
-    let interactive_work = input
-        .slots
-        .iter()
-        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
     for prompt in &plan.prompts {
         if budget == 0 {
             break;
