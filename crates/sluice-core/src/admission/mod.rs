@@ -10,7 +10,11 @@
 //! Two priority classes share the permits: `interactive` waiters go before
 //! any `batch` waiter, and batch streams never take the last
 //! `interactive_reserve` permits, so interactive traffic does not wait for
-//! a batch flood to finish. A request with a deadline for its first token
+//! a batch flood to finish. Under a limit the governor lowered, batch
+//! leaves one place, and interactive requests may go past the limit by
+//! the places batch holds (at most the reserve): the engine prefills an
+//! interactive prompt before any batch work, so what the governor holds
+//! back is batch, not the interactive request behind it. A request with a deadline for its first token
 //! that the queue cannot meet is shed at once ([`shed`]).
 //!
 //! A tenant may also have a token rate: each request is charged tokens from
@@ -128,6 +132,8 @@ struct State {
     /// The limit it was built with: the governor's baseline.
     baseline: u32,
     active: u32,
+    /// Permits held by class ([`Priority::index`]).
+    active_by_class: [u32; 2],
     closed: bool,
     next_waiter: u64,
     queued: usize,
@@ -162,6 +168,7 @@ pub struct Admission {
 pub struct Permit {
     admission: Arc<Admission>,
     tenant: String,
+    class: Priority,
     /// The wait shedding predicted for it, when it could.
     predicted_wait: Option<Duration>,
 }
@@ -186,7 +193,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.admission.release(&self.tenant);
+        self.admission.release(&self.tenant, self.class);
     }
 }
 
@@ -213,6 +220,7 @@ impl Admission {
                 limit,
                 baseline: limit,
                 active: 0,
+                active_by_class: [0; 2],
                 closed: false,
                 next_waiter: 0,
                 queued: 0,
@@ -242,7 +250,8 @@ impl Admission {
         }
     }
 
-    /// Permits released per second lately; None until measured.
+    /// Admissions per second lately (the rate the queue drains); None
+    /// until measured.
     pub fn drain_per_second(&self) -> Option<f64> {
         self.lock().drain.per_second(Instant::now().into_std())
     }
@@ -352,7 +361,7 @@ impl Admission {
             let must_wait =
                 !(state.active < self.class_limit(&state, class) && tenant_has_room && ahead == 0);
             let claimed = state.bookings.claim(urgency.retry_key, now);
-            let verdict = if claimed {
+            let verdict = if claimed.is_some() {
                 Verdict::Queue {
                     predicted_wait: None,
                 }
@@ -374,10 +383,11 @@ impl Admission {
                     retry_after,
                     bookable,
                 } => {
+                    let place = state.next_waiter;
                     let booked = bookable
                         && state
                             .bookings
-                            .book(urgency.retry_key, now + retry_after, now);
+                            .book(urgency.retry_key, now + retry_after, place, now);
                     return Err(Rejection::Shed {
                         retry_after,
                         predicted_wait,
@@ -386,7 +396,7 @@ impl Admission {
                 }
             };
             if !must_wait {
-                return Ok(self.admit(&mut state, tenant, predicted_wait));
+                return Ok(self.admit(&mut state, tenant, class, predicted_wait));
             }
             if state.queued >= self.limits.max_queue {
                 let retry_after = retry_after(&mut state);
@@ -407,11 +417,19 @@ impl Admission {
                 // A tenant returning from idle does not bank credit.
                 tenant_state.virtual_served = tenant_state.virtual_served.max(min_virtual);
             }
-            tenant_state.queues[class.index()].push_back(Waiter {
-                id,
-                grant,
-                predicted_wait,
-            });
+            let queue = &mut tenant_state.queues[class.index()];
+            // A claimed booking goes ahead of those that queued after it.
+            let at = claimed
+                .and_then(|place| queue.iter().position(|waiter| waiter.id >= place))
+                .unwrap_or(queue.len());
+            queue.insert(
+                at,
+                Waiter {
+                    id,
+                    grant,
+                    predicted_wait,
+                },
+            );
             state.queued += 1;
             state.queued_by_class[class.index()] += 1;
             let grants = self.dispatch(&mut state);
@@ -445,14 +463,20 @@ impl Admission {
         }
     }
 
-    /// The permits a class may hold. Batch leaves the reserve of the
-    /// baseline, and one place under a lower limit: the governor lowers it
-    /// to hold prompts in admission, and the next place to open there is
-    /// an interactive request's.
+    /// The permits held in all that a class may take one more under. Batch
+    /// leaves the reserve of the baseline, and one place under a lower
+    /// limit: the governor lowers it to hold prompts in admission, and the
+    /// next place to open there is an interactive request's. Interactive
+    /// may pass a lower limit by the places batch holds, up to the reserve
+    /// and never past the baseline.
     fn class_limit(&self, state: &State, class: Priority) -> u32 {
         let reserve = self.limits.interactive_reserve;
         match class {
-            Priority::Interactive => state.limit,
+            Priority::Interactive => {
+                let batch = state.active_by_class[Priority::Batch.index()];
+                let ceiling = state.baseline.max(state.limit);
+                state.limit.saturating_add(batch.min(reserve)).min(ceiling)
+            }
             Priority::Batch => state
                 .limit
                 .saturating_sub(reserve.min(1))
@@ -464,6 +488,7 @@ impl Admission {
         self: &Arc<Self>,
         state: &mut State,
         tenant: &str,
+        class: Priority,
         predicted_wait: Option<Duration>,
     ) -> Permit {
         let weight = state
@@ -475,9 +500,12 @@ impl Admission {
         tenant_state.active += 1;
         tenant_state.virtual_served += 1.0 / weight;
         state.active += 1;
+        state.active_by_class[class.index()] += 1;
+        state.drain.record(Instant::now().into_std());
         Permit {
             admission: Arc::clone(self),
             tenant: tenant.to_owned(),
+            class,
             predicted_wait,
         }
     }
@@ -509,18 +537,18 @@ impl Admission {
                     .expect("tenant chosen for a non-empty queue");
                 state.queued -= 1;
                 state.queued_by_class[queue] -= 1;
-                let permit = self.admit(state, &name, waiter.predicted_wait);
+                let permit = self.admit(state, &name, class, waiter.predicted_wait);
                 grants.push((waiter.grant, permit));
             }
         }
         grants
     }
 
-    fn release(self: &Arc<Self>, tenant: &str) {
+    fn release(self: &Arc<Self>, tenant: &str, class: Priority) {
         let grants = {
             let mut state = self.lock();
             state.active -= 1;
-            state.drain.record(Instant::now().into_std());
+            state.active_by_class[class.index()] -= 1;
             if let Some(tenant_state) = state.tenants.get_mut(tenant) {
                 tenant_state.active -= 1;
             }
@@ -568,7 +596,7 @@ fn queued_ahead(state: &State, class: Priority) -> usize {
     }
 }
 
-/// Seconds until the queue would drain at the measured release rate.
+/// Seconds until the queue would drain at the measured rate.
 fn retry_after(state: &mut State) -> Duration {
     let now = Instant::now().into_std();
     let seconds = state

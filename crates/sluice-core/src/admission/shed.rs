@@ -6,10 +6,17 @@
 //! once, with a `Retry-After` from the same prediction: the time until the
 //! queue ahead has drained to where a request meets the deadline.
 //!
+//! The drain rate counts admissions, not releases: a place opens when a
+//! stream ends or when the governor's prompt gate lets another prompt in,
+//! and while the engine fills (a cold start, a burst) the gate opens
+//! places long before the first stream ends. Counted on releases, the
+//! first 20 s of an overload had no measured rate and queued everything.
+//!
 //! That advice is a booking. The rejected request's place is held for it
 //! (keyed by tenant and request content) from the advised time for a
 //! grace period, and counts as queued for every other arrival meanwhile,
-//! so when the client comes back as told, its place is there. Without
+//! so when the client comes back as told, its place is there: it queues
+//! ahead of every request that joined the queue after it was booked. Without
 //! the booking, under sustained overload the queue would be full again by
 //! then and the advice would be a lottery. Bookings are bounded in count
 //! and in horizon ([`MAX_RETRY_AFTER`]); past the horizon the answer is
@@ -20,13 +27,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How far back permit releases count towards the drain rate: long enough
-/// to hold several releases at this machine's few per second, short enough
+/// How far back admissions count towards the drain rate: long enough to
+/// hold several at this machine's few per second, short enough
 /// to follow a change of load within a governor window or two.
 pub const DRAIN_WINDOW: Duration = Duration::from_secs(20);
-/// Releases the window needs before its rate is trusted; with fewer (a cold
-/// start) nothing is shed for a prediction.
-pub const MIN_RELEASES: usize = 4;
+/// Admissions the window needs before its rate is trusted; with fewer (a
+/// cold start) nothing is shed for a prediction.
+pub const MIN_ADMISSIONS: usize = 4;
 pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The furthest a booking reaches: past it, a client is told to come back
 /// then, without a held place.
@@ -38,43 +45,43 @@ pub const BOOKING_GRACE: Duration = Duration::from_secs(10);
 pub const BOOKING_EARLY: Duration = Duration::from_secs(2);
 /// Most bookings held at once.
 pub const MAX_BOOKINGS: usize = 1024;
-/// The share of the measured drain rate a `Retry-After` counts on. A
-/// booked retry queues whatever the queue is by then, so advice computed
-/// at the measured rate would, with a rate measured a little high, bring
-/// retries faster than the queue drains and the queue would grow without
-/// end (measured: a 10-20 % error left booked retries 30 s TTFT); counting
-/// on less, the queue stays short and fresh requests take what is left.
+/// The share of the measured drain rate a `Retry-After` counts on. Advice
+/// computed at the measured rate would, with a rate measured a little
+/// high, bring retries back before their place is near the front, and
+/// they would wait past their deadline (measured: a 10-20 % error left
+/// booked retries 30 s TTFT); counting on less, a retry finds its place
+/// near the front and fresh requests take what is left.
 pub const BOOKING_PACE: f64 = 0.8;
 
-/// Permit releases per second over [`DRAIN_WINDOW`].
+/// Admissions per second over [`DRAIN_WINDOW`].
 #[derive(Debug, Default)]
 pub struct DrainRate {
-    releases: VecDeque<Instant>,
+    admissions: VecDeque<Instant>,
 }
 
 impl DrainRate {
     pub fn record(&mut self, now: Instant) {
-        self.releases.push_back(now);
+        self.admissions.push_back(now);
         self.expire(now);
     }
 
     fn expire(&mut self, now: Instant) {
         while self
-            .releases
+            .admissions
             .front()
             .is_some_and(|&at| now.saturating_duration_since(at) > DRAIN_WINDOW)
         {
-            self.releases.pop_front();
+            self.admissions.pop_front();
         }
     }
 
-    /// Releases per second; None until the window holds [`MIN_RELEASES`].
-    /// Over the whole window, not from its first release: a queue that
-    /// drained slowly for a while drains slowly.
+    /// Admissions per second; None until the window holds
+    /// [`MIN_ADMISSIONS`]. Over the whole window, not from its first
+    /// admission: a queue that drained slowly for a while drains slowly.
     pub fn per_second(&mut self, now: Instant) -> Option<f64> {
         self.expire(now);
-        (self.releases.len() >= MIN_RELEASES)
-            .then(|| self.releases.len() as f64 / DRAIN_WINDOW.as_secs_f64())
+        (self.admissions.len() >= MIN_ADMISSIONS)
+            .then(|| self.admissions.len() as f64 / DRAIN_WINDOW.as_secs_f64())
     }
 }
 
@@ -82,6 +89,9 @@ impl DrainRate {
 struct Booking {
     key: u64,
     due: Instant,
+    /// The queue position it holds: it goes ahead of waiters numbered
+    /// from here on (those that queued after it was booked).
+    place: u64,
 }
 
 /// Places held for rejected requests until their advised time (plus grace).
@@ -105,26 +115,27 @@ impl Bookings {
             .count()
     }
 
-    /// Takes `key`'s booking if it is due (or nearly): the request queues
-    /// without a prediction, in the place held for it.
-    pub fn claim(&mut self, key: u64, now: Instant) -> bool {
+    /// Takes `key`'s booking if it is due (or nearly) and returns the place
+    /// it holds: the request queues there, without a prediction.
+    pub fn claim(&mut self, key: u64, now: Instant) -> Option<u64> {
         self.expire(now);
         let due = self
             .held
             .iter()
             .position(|booking| booking.key == key && booking.due <= now + BOOKING_EARLY);
-        due.and_then(|index| self.held.remove(index)).is_some()
+        due.and_then(|index| self.held.remove(index))
+            .map(|booking| booking.place)
     }
 
-    /// Holds a place for `key` at `due`, replacing an earlier one of the
-    /// same key; false when the book is full.
-    pub fn book(&mut self, key: u64, due: Instant, now: Instant) -> bool {
+    /// Holds `place` in the queue for `key` at `due`, replacing an earlier
+    /// booking of the same key; false when the book is full.
+    pub fn book(&mut self, key: u64, due: Instant, place: u64, now: Instant) -> bool {
         self.expire(now);
         self.held.retain(|booking| booking.key != key);
         if self.held.len() >= MAX_BOOKINGS {
             return false;
         }
-        self.held.push_back(Booking { key, due });
+        self.held.push_back(Booking { key, due, place });
         true
     }
 
@@ -296,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn the_drain_rate_counts_releases_of_the_window_once_there_are_enough() {
+    fn the_drain_rate_counts_admissions_of_the_window_once_there_are_enough() {
         let start = Instant::now();
         let mut drain = DrainRate::default();
         for second in 0..3 {
@@ -315,17 +326,19 @@ mod tests {
     fn a_booking_is_claimed_by_its_key_when_due_and_lapses_after_its_grace() {
         let now = Instant::now();
         let mut bookings = Bookings::default();
-        assert!(bookings.book(7, now + Duration::from_secs(12), now));
-        assert!(bookings.book(8, now + Duration::from_secs(12), now));
+        assert!(bookings.book(7, now + Duration::from_secs(12), 40, now));
+        assert!(bookings.book(8, now + Duration::from_secs(12), 41, now));
         assert_eq!(bookings.held_for_others(7, now), 1);
-        assert!(!bookings.claim(7, now), "too early");
-        assert!(
-            !bookings.claim(9, now + Duration::from_secs(12)),
+        assert_eq!(bookings.claim(7, now), None, "too early");
+        assert_eq!(
+            bookings.claim(9, now + Duration::from_secs(12)),
+            None,
             "no such key"
         );
-        assert!(bookings.claim(7, now + Duration::from_secs(11)));
-        assert!(
-            !bookings.claim(7, now + Duration::from_secs(12)),
+        assert_eq!(bookings.claim(7, now + Duration::from_secs(11)), Some(40));
+        assert_eq!(
+            bookings.claim(7, now + Duration::from_secs(12)),
+            None,
             "claimed once"
         );
         assert_eq!(bookings.len(), 1);

@@ -312,10 +312,10 @@ async fn batch_leaves_the_reserve_and_interactive_waiters_go_first() {
     assert_eq!(third_batch.await.unwrap().unwrap().tenant(), "b");
 }
 
-/// Ten streams run and end two seconds apart: 0.5 releases per second over
-/// the drain window, with one permit held at the end.
+/// Ten streams admitted two seconds apart, each ending as the next comes:
+/// 0.5 admissions per second over the drain window, the last one held.
 async fn drained_at_half_a_stream_per_second(admission: &Arc<Admission>) -> Permit {
-    for _ in 0..10 {
+    for _ in 0..9 {
         let permit = admission.acquire("a").await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         drop(permit);
@@ -335,7 +335,7 @@ fn due_in(seconds: u64, retry_key: u64) -> Urgency {
 async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_has_its_place() {
     let admission = admission(1);
     admission.set_service_time(Duration::from_secs(1));
-    let _running = drained_at_half_a_stream_per_second(&admission).await;
+    let running = drained_at_half_a_stream_per_second(&admission).await;
     let queued: Vec<_> = (0..3)
         .map(|_| spawn_acquire(&admission, "a", Urgency::default()))
         .collect();
@@ -378,6 +378,62 @@ async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_ha
     settle().await;
     assert!(!retry.is_finished(), "queued, not shed");
     assert_eq!(admission.snapshot().queued, 4);
+    // Its place is ahead of the three that queued after it was booked.
+    drop(running);
+    let admitted = tokio::time::timeout(Duration::from_millis(1), retry).await;
+    assert!(
+        matches!(admitted, Ok(Ok(Ok(_)))),
+        "the first place to open is the booked retry's: {admitted:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_measures_its_drain_from_admissions_before_any_stream_ends() {
+    // Four streams admitted, none ended: 4 admissions over the 20 s
+    // window, 0.2 per second, 5 s for the next place to open.
+    let admission = admission(4);
+    let _running: Vec<_> = acquire_now(&admission, "a", 4).await;
+    let rejection = admission.acquire_with("a", due_in(4, 1)).await;
+    assert!(
+        matches!(rejection, Err(Rejection::Shed { .. })),
+        "{rejection:?}"
+    );
+    let patient = spawn_acquire(&admission, "a", due_in(10, 2));
+    settle().await;
+    assert_eq!(admission.snapshot().queued, 1, "a deadline it meets queues");
+    patient.abort();
+}
+
+/// `count` interactive permits for `tenant`, each granted at once.
+async fn acquire_now(admission: &Arc<Admission>, tenant: &str, count: usize) -> Vec<Permit> {
+    let mut permits = Vec::new();
+    for _ in 0..count {
+        let started = Instant::now();
+        permits.push(admission.acquire(tenant).await.unwrap());
+        assert_eq!(started.elapsed(), Duration::ZERO, "granted at once");
+    }
+    permits
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_lowered_limit_interactive_passes_it_by_the_places_batch_holds() {
+    let admission = with_reserve(8, 2);
+    admission.set_limit(3);
+    let _batch = [
+        admission.acquire_with("b", batch()).await.unwrap(),
+        admission.acquire_with("b", batch()).await.unwrap(),
+    ];
+    let third_batch = spawn_acquire(&admission, "b", batch());
+    settle().await;
+    assert_eq!(admission.snapshot().queued, 1, "batch leaves one place");
+    // The limit of 3 plus the 2 places batch holds.
+    let _interactive = acquire_now(&admission, "i", 3).await;
+    assert_eq!(admission.snapshot().active, 5);
+    let fourth = spawn_acquire(&admission, "i", Urgency::default());
+    settle().await;
+    assert_eq!(admission.snapshot().queued, 2);
+    fourth.abort();
+    third_batch.abort();
 }
 
 #[tokio::test(start_paused = true)]

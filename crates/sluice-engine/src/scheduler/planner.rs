@@ -13,9 +13,10 @@
 //! light tenant's first token waits neither for a flood's decodes nor for
 //! its prefill, and a flood's streams lose steps only then. Prompts of
 //! tenants with the fewest sequences are prefilled first. While more than
-//! one tenant has sequences (this step or the last), the step budget is
-//! capped at `engine.mixed_step_token_budget`: a step cannot be cut short,
-//! so its length is what another tenant's new prompt waits.
+//! one tenant, or both classes, have sequences (this step or the last),
+//! the step budget is capped at `engine.mixed_step_token_budget`: a step
+//! cannot be cut short, so its length is what another tenant's (or an
+//! interactive) new prompt waits.
 //!
 //! Batch sequences yield to interactive ones: while an interactive sequence
 //! is in the engine, batch decodes take only the budget that interactive
@@ -44,7 +45,8 @@ pub(super) struct StepInput {
     /// Every sequence in the engine, in slot order.
     pub slots: Vec<SlotInput>,
     pub budget: Budget,
-    /// Whether the last step's sequences belonged to more than one tenant.
+    /// Whether the last step's sequences belonged to more than one tenant
+    /// or to both classes.
     pub mixed_last_step: bool,
     pub preps: PrepInput,
 }
@@ -126,8 +128,8 @@ pub(super) struct RunningPrep {
 pub(super) struct StepPlan {
     /// The step's token budget, the mixed-tenant cap applied.
     pub budget: u32,
-    /// Whether this step's sequences belong to more than one tenant (the
-    /// next step's `mixed_last_step`).
+    /// Whether this step's sequences belong to more than one tenant or
+    /// to both classes (the next step's `mixed_last_step`).
     pub mixed: bool,
     /// Slots whose sampled token is decoded, in slot order.
     pub decodes: Vec<usize>,
@@ -203,7 +205,16 @@ impl StepPlan {
 /// Plans one step into `plan` (cleared first; its allocations are reused).
 pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
     plan.clear();
-    plan.mixed = has_several_tenants(&input.slots);
+    // Batch yields only to interactive work in the engine.
+    let interactive_work = input
+        .slots
+        .iter()
+        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
+    let batch_work = input
+        .slots
+        .iter()
+        .any(|slot| slot.batch && slot.phase != Phase::Idle);
+    plan.mixed = has_several_tenants(&input.slots) || (interactive_work && batch_work);
     plan.budget = step_budget(&input.budget, plan.mixed || input.mixed_last_step);
     // Shares are counted only when a prompt waits (an empty map does not
     // allocate), so decode-only steps pay nothing.
@@ -213,11 +224,6 @@ pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
     } else {
         TenantShares::default()
     };
-    // Batch yields only to interactive work in the engine.
-    let interactive_work = input
-        .slots
-        .iter()
-        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
     plan_decodes(input, &shares, interactive_work, plan);
     plan_prefills(input, &shares, interactive_work, plan);
     plan_preps(input, plan);
@@ -685,6 +691,27 @@ mod tests {
 
         input.budget.mixed_step_cap = 0;
         assert_eq!(plan(&input).budget, 128, "a cap of 0 is no cap");
+    }
+
+    #[test]
+    fn the_cap_applies_while_batch_shares_the_engine_with_interactive_work() {
+        // One tenant: the cap is the class rule's.
+        let mut input = engine(128);
+        input.budget.mixed_step_cap = 16;
+        let batch = decoding(&mut input, LIGHT, 40);
+        as_batch(&mut input, &batch);
+        let only_batch = plan(&input);
+        assert!(!only_batch.mixed);
+        assert_eq!(only_batch.decodes, batch, "batch alone: the whole budget");
+        let interactive = decoding(&mut input, LIGHT, 2);
+        let shared = plan(&input);
+        assert!(shared.mixed);
+        assert_eq!(shared.budget, 16);
+        // The 2 interactive decodes and 14 batch ones: a new interactive
+        // prompt waits a 16-token step, not a 42-token one.
+        assert_eq!(shared.tokens(), 16);
+        assert!(interactive.iter().all(|slot| shared.decodes.contains(slot)));
+        assert_eq!(shared.batch_sitting_out.len(), 40 - 14);
     }
 
     #[test]
