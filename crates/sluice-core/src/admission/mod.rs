@@ -114,8 +114,20 @@ impl Rejection {
 
 struct Waiter {
     id: u64,
+    /// Its place in its queue, which is kept in this order.
+    place: QueuePlace,
     grant: oneshot::Sender<Permit>,
     predicted_wait: Option<Duration>,
+}
+
+/// Where a waiter stands: a fresh one by its number, a booked retry by the
+/// number the next waiter had when it was booked, ahead of that waiter
+/// (and of every booked retry with a later place: a retry that comes back
+/// late does not lose its place to one booked after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct QueuePlace {
+    number: u64,
+    fresh: bool,
 }
 
 #[derive(Default)]
@@ -418,14 +430,22 @@ impl Admission {
                 tenant_state.virtual_served = tenant_state.virtual_served.max(min_virtual);
             }
             let queue = &mut tenant_state.queues[class.index()];
-            // A claimed booking goes ahead of those that queued after it.
-            let at = claimed
-                .and_then(|place| queue.iter().position(|waiter| waiter.id >= place))
-                .unwrap_or(queue.len());
+            let place = claimed.map_or(
+                QueuePlace {
+                    number: id,
+                    fresh: true,
+                },
+                |number| QueuePlace {
+                    number,
+                    fresh: false,
+                },
+            );
+            let at = queue.partition_point(|waiter| waiter.place <= place);
             queue.insert(
                 at,
                 Waiter {
                     id,
+                    place,
                     grant,
                     predicted_wait,
                 },

@@ -388,6 +388,42 @@ async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_ha
 }
 
 #[tokio::test(start_paused = true)]
+async fn booked_retries_keep_their_order_whenever_they_come_back() {
+    let admission = admission(1);
+    admission.set_service_time(Duration::from_secs(1));
+    let running = drained_at_half_a_stream_per_second(&admission).await;
+    let queued: Vec<_> = (0..3)
+        .map(|_| spawn_acquire(&admission, "a", Urgency::default()))
+        .collect();
+    settle().await;
+    let early = admission.acquire_with("a", due_in(5, 7)).await;
+    assert!(matches!(early, Err(Rejection::Shed { booked: true, .. })));
+    let patient = spawn_acquire(&admission, "a", Urgency::default());
+    settle().await;
+    let late = admission.acquire_with("a", due_in(5, 8)).await;
+    assert!(matches!(late, Err(Rejection::Shed { booked: true, .. })));
+    queued.into_iter().for_each(|waiter| waiter.abort());
+    settle().await;
+    // Both due; the one booked first comes back first and queues with a
+    // number after the other's place, which must not put the other ahead.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let early = spawn_acquire(&admission, "a", due_in(5, 7));
+    settle().await;
+    let late = spawn_acquire(&admission, "a", due_in(5, 8));
+    settle().await;
+    assert_eq!(admission.snapshot().queued, 3);
+    // Admitted in the order they were booked, the patient waiter between.
+    drop(running);
+    let first = early.await.unwrap().unwrap();
+    assert!(!patient.is_finished() && !late.is_finished());
+    drop(first);
+    let second = patient.await.unwrap().unwrap();
+    assert!(!late.is_finished());
+    drop(second);
+    assert!(late.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cold_start_measures_its_drain_from_admissions_before_any_stream_ends() {
     // Four streams admitted, none ended: 4 admissions over the 20 s
     // window, 0.2 per second, 5 s for the next place to open.
