@@ -22,6 +22,7 @@
 //! the charge is settled against the real use when the request ends.
 
 mod charge;
+mod queue;
 pub mod shed;
 mod urgency;
 
@@ -34,7 +35,8 @@ use tokio::time::Instant;
 
 use crate::rate::TokenBucket;
 pub use charge::TokenCharge;
-use shed::{Arrival, Bookings, DrainRate, MAX_RETRY_AFTER, MIN_RETRY_AFTER, Verdict};
+use queue::{QueueExit, QueuePlace, Waiter, min_backlogged_virtual, queued_ahead, retry_after};
+use shed::{Arrival, Bookings, DrainRate, Verdict};
 pub use urgency::{Priority, Urgency};
 
 /// Requests without a known API key belong to this tenant.
@@ -110,24 +112,6 @@ impl Rejection {
             Self::Closed => None,
         }
     }
-}
-
-struct Waiter {
-    id: u64,
-    /// Its place in its queue, which is kept in this order.
-    place: QueuePlace,
-    grant: oneshot::Sender<Permit>,
-    predicted_wait: Option<Duration>,
-}
-
-/// Where a waiter stands: a fresh one by its number, a booked retry by the
-/// number the next waiter had when it was booked, ahead of that waiter
-/// (and of every booked retry with a later place: a retry that comes back
-/// late does not lose its place to one booked after it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct QueuePlace {
-    number: u64,
-    fresh: bool,
 }
 
 #[derive(Default)]
@@ -596,53 +580,6 @@ fn send_grants(grants: Grants) {
     for (grant, permit) in grants {
         // A waiter that left drops the permit here, which releases it.
         let _ = grant.send(permit);
-    }
-}
-
-fn min_backlogged_virtual(state: &State) -> Option<f64> {
-    state
-        .tenants
-        .values()
-        .filter(|t| t.queues.iter().any(|queue| !queue.is_empty()))
-        .map(|t| t.virtual_served)
-        .reduce(f64::min)
-}
-
-/// Waiters a request of `class` queues behind: its class and those above.
-fn queued_ahead(state: &State, class: Priority) -> usize {
-    match class {
-        Priority::Interactive => state.queued_by_class[Priority::Interactive.index()],
-        Priority::Batch => state.queued,
-    }
-}
-
-/// Seconds until the queue would drain at the measured rate.
-fn retry_after(state: &mut State) -> Duration {
-    let now = Instant::now().into_std();
-    let seconds = state
-        .drain
-        .per_second(now)
-        .map_or(MIN_RETRY_AFTER.as_secs_f64(), |rate| {
-            (state.queued as f64 + 1.0) / rate
-        });
-    Duration::from_secs_f64(seconds.ceil()).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
-}
-
-/// Removes a waiter from its queue when its `acquire` future ends without a
-/// permit (timed out, or dropped because the client went away).
-struct QueueExit<'a> {
-    admission: &'a Arc<Admission>,
-    tenant: &'a str,
-    class: Priority,
-    id: u64,
-    armed: bool,
-}
-
-impl Drop for QueueExit<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.admission.leave_queue(self.tenant, self.class, self.id);
-        }
     }
 }
 

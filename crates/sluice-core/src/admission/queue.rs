@@ -1,0 +1,77 @@
+//! A waiter in admission's queues: where it stands, and how it leaves when
+//! its request goes away without a permit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use tokio::time::Instant;
+
+use super::shed::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
+use super::{Admission, Permit, Priority, State};
+
+pub(super) struct Waiter {
+    pub(super) id: u64,
+    /// Its place in its queue, which is kept in this order.
+    pub(super) place: QueuePlace,
+    pub(super) grant: oneshot::Sender<Permit>,
+    pub(super) predicted_wait: Option<Duration>,
+}
+
+/// Where a waiter stands: a fresh one by its number, a booked retry by the
+/// number the next waiter had when it was booked, ahead of that waiter
+/// (and of every booked retry with a later place: a retry that comes back
+/// late does not lose its place to one booked after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct QueuePlace {
+    pub(super) number: u64,
+    pub(super) fresh: bool,
+}
+
+/// Removes a waiter from its queue when its `acquire` future ends without a
+/// permit (timed out, or dropped because the client went away).
+pub(super) struct QueueExit<'a> {
+    pub(super) admission: &'a Arc<Admission>,
+    pub(super) tenant: &'a str,
+    pub(super) class: Priority,
+    pub(super) id: u64,
+    pub(super) armed: bool,
+}
+
+impl Drop for QueueExit<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.admission.leave_queue(self.tenant, self.class, self.id);
+        }
+    }
+}
+
+pub(super) fn min_backlogged_virtual(state: &State) -> Option<f64> {
+    state
+        .tenants
+        .values()
+        .filter(|t| t.queues.iter().any(|queue| !queue.is_empty()))
+        .map(|t| t.virtual_served)
+        .reduce(f64::min)
+}
+
+/// Waiters a request of `class` queues behind: its class and those above.
+pub(super) fn queued_ahead(state: &State, class: Priority) -> usize {
+    match class {
+        Priority::Interactive => state.queued_by_class[Priority::Interactive.index()],
+        Priority::Batch => state.queued,
+    }
+}
+
+/// Seconds until the queue would drain at the measured rate.
+pub(super) fn retry_after(state: &mut State) -> Duration {
+    let now = Instant::now().into_std();
+    let seconds = state
+        .drain
+        .per_second(now)
+        .map_or(MIN_RETRY_AFTER.as_secs_f64(), |rate| {
+            (state.queued as f64 + 1.0) / rate
+        });
+    Duration::from_secs_f64(seconds.ceil()).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
+}
