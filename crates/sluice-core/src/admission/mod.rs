@@ -14,8 +14,9 @@
 //! leaves one place, and interactive requests may go past the limit by
 //! the places batch holds (at most the reserve): the engine prefills an
 //! interactive prompt before any batch work, so what the governor holds
-//! back is batch, not the interactive request behind it. A request with a deadline for its first token
-//! that the queue cannot meet is shed at once ([`shed`]).
+//! back is batch, not the interactive request behind it. A request with
+//! a deadline for its first token that the queue cannot meet is shed at
+//! once ([`shed`]).
 //!
 //! A tenant may also have a token rate: each request is charged tokens from
 //! the tenant's bucket before it queues ([`Admission::charge_tokens`]), and

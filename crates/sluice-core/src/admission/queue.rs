@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-
 use tokio::time::Instant;
 
 use super::shed::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};

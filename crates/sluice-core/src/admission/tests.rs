@@ -323,6 +323,23 @@ async fn drained_at_half_a_stream_per_second(admission: &Arc<Admission>) -> Perm
     admission.acquire("a").await.unwrap()
 }
 
+/// One permit running after a drain of 0.5 per second, 1 s from admission
+/// to a first token, and three waiters queued behind it.
+async fn three_queued_behind_a_measured_drain() -> (
+    Arc<Admission>,
+    Permit,
+    Vec<tokio::task::JoinHandle<Result<Permit, Rejection>>>,
+) {
+    let admission = admission(1);
+    admission.set_service_time(Duration::from_secs(1));
+    let running = drained_at_half_a_stream_per_second(&admission).await;
+    let queued: Vec<_> = (0..3)
+        .map(|_| spawn_acquire(&admission, "a", Urgency::default()))
+        .collect();
+    settle().await;
+    (admission, running, queued)
+}
+
 fn due_in(seconds: u64, retry_key: u64) -> Urgency {
     Urgency {
         deadline: Some(Duration::from_secs(seconds)),
@@ -333,13 +350,7 @@ fn due_in(seconds: u64, retry_key: u64) -> Urgency {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_has_its_place() {
-    let admission = admission(1);
-    admission.set_service_time(Duration::from_secs(1));
-    let running = drained_at_half_a_stream_per_second(&admission).await;
-    let queued: Vec<_> = (0..3)
-        .map(|_| spawn_acquire(&admission, "a", Urgency::default()))
-        .collect();
-    settle().await;
+    let (admission, running, queued) = three_queued_behind_a_measured_drain().await;
     // Fourth in line: (3 + 1) / 0.5 = 8 s of queue + 1 s > 5 s.
     let started = Instant::now();
     let rejection = admission.acquire_with("a", due_in(5, 7)).await.unwrap_err();
@@ -389,13 +400,7 @@ async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_ha
 
 #[tokio::test(start_paused = true)]
 async fn booked_retries_keep_their_order_whenever_they_come_back() {
-    let admission = admission(1);
-    admission.set_service_time(Duration::from_secs(1));
-    let running = drained_at_half_a_stream_per_second(&admission).await;
-    let queued: Vec<_> = (0..3)
-        .map(|_| spawn_acquire(&admission, "a", Urgency::default()))
-        .collect();
-    settle().await;
+    let (admission, running, queued) = three_queued_behind_a_measured_drain().await;
     let early = admission.acquire_with("a", due_in(5, 7)).await;
     assert!(matches!(early, Err(Rejection::Shed { booked: true, .. })));
     let patient = spawn_acquire(&admission, "a", Urgency::default());

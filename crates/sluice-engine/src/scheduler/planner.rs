@@ -205,15 +205,16 @@ impl StepPlan {
 /// Plans one step into `plan` (cleared first; its allocations are reused).
 pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
     plan.clear();
-    // Batch yields only to interactive work in the engine.
-    let interactive_work = input
-        .slots
-        .iter()
-        .any(|slot| !slot.batch && slot.phase != Phase::Idle);
-    let batch_work = input
-        .slots
-        .iter()
-        .any(|slot| slot.batch && slot.phase != Phase::Idle);
+    // Batch yields only to interactive work in the engine. One pass over
+    // the slots: this runs every step.
+    let (mut interactive_work, mut batch_work) = (false, false);
+    for slot in input.slots.iter().filter(|slot| slot.phase != Phase::Idle) {
+        if slot.batch {
+            batch_work = true;
+        } else {
+            interactive_work = true;
+        }
+    }
     plan.mixed = has_several_tenants(&input.slots) || (interactive_work && batch_work);
     plan.budget = step_budget(&input.budget, plan.mixed || input.mixed_last_step);
     // Shares are counted only when a prompt waits (an empty map does not
