@@ -128,7 +128,6 @@ struct State {
     limit: u32,
     /// The limit it was built with: the governor's baseline.
     baseline: u32,
-    active: u32,
     /// Permits held by class ([`Priority::index`]).
     active_by_class: [u32; 2],
     closed: bool,
@@ -144,6 +143,13 @@ struct State {
     bookings: Bookings,
     /// Admission to first token, as the governor last measured it.
     service: Duration,
+}
+
+impl State {
+    /// Permits held, both classes.
+    fn active(&self) -> u32 {
+        self.active_by_class.iter().sum()
+    }
 }
 
 /// Counts an observer may read at any time.
@@ -216,7 +222,6 @@ impl Admission {
             state: Mutex::new(State {
                 limit,
                 baseline: limit,
-                active: 0,
                 active_by_class: [0; 2],
                 closed: false,
                 next_waiter: 0,
@@ -241,7 +246,7 @@ impl Admission {
         let state = self.lock();
         AdmissionSnapshot {
             limit: state.limit,
-            active: state.active,
+            active: state.active(),
             queued: state.queued,
             booked: state.bookings.len(),
         }
@@ -355,8 +360,9 @@ impl Admission {
             let tenant_state = state.tenants.entry(tenant.to_owned()).or_default();
             let tenant_has_room = tenant_state.active < policy.max_concurrent;
             let ahead = queued_ahead(&state, class);
-            let must_wait =
-                !(state.active < self.class_limit(&state, class) && tenant_has_room && ahead == 0);
+            let must_wait = !(state.active() < self.class_limit(&state, class)
+                && tenant_has_room
+                && ahead == 0);
             let claimed = state.bookings.claim(urgency.retry_key, now);
             let verdict = if claimed.is_some() {
                 Verdict::Queue {
@@ -504,7 +510,6 @@ impl Admission {
         let tenant_state = state.tenants.get_mut(tenant).expect("tenant exists");
         tenant_state.active += 1;
         tenant_state.virtual_served += 1.0 / weight;
-        state.active += 1;
         state.active_by_class[class.index()] += 1;
         state.drain.record(Instant::now().into_std());
         Permit {
@@ -521,7 +526,7 @@ impl Admission {
         let mut grants = Vec::new();
         for class in [Priority::Interactive, Priority::Batch] {
             let queue = class.index();
-            while state.active < self.class_limit(state, class) {
+            while state.active() < self.class_limit(state, class) {
                 let next = state
                     .tenants
                     .iter()
@@ -552,7 +557,6 @@ impl Admission {
     fn release(self: &Arc<Self>, tenant: &str, class: Priority) {
         let grants = {
             let mut state = self.lock();
-            state.active -= 1;
             state.active_by_class[class.index()] -= 1;
             if let Some(tenant_state) = state.tenants.get_mut(tenant) {
                 tenant_state.active -= 1;
