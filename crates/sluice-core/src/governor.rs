@@ -22,12 +22,10 @@
 //!   under `HYSTERESIS` streams: noisy windows do not make it chatter.
 //! - Raising the limit while requests wait admits them at once, and their
 //!   TTFT is only measured seconds later, after their prefill. So with a
-//!   queue the limit rises by at most one stream per tick, not at all
+//!   queue the limit rises by at most one stream per tick, and not at all
 //!   while more than `max_step` admitted streams still await their first
-//!   token (the controller waits to see the effect of its last increase,
-//!   as TCP's congestion window grows only on acknowledged data), and not
-//!   at all within [`RISE_MARGIN`] of the target: it holds there instead
-//!   of rising until the late measurement says it went too far. With no
+//!   token: the controller waits to see the effect of its last increase
+//!   (as TCP's congestion window grows only on acknowledged data). With no
 //!   queue, raising the limit admits nobody, so it returns to baseline at
 //!   full speed.
 //! - With nothing queued and fresh measurements missing, the error is -1:
@@ -68,15 +66,6 @@ pub const ERROR_SMOOTHING: f64 = 0.3;
 
 /// Wanted limit changes smaller than this are ignored.
 pub const HYSTERESIS: i64 = 3;
-
-/// With a queue, the limit rises only while the filtered error is below
-/// `-RISE_MARGIN` (TTFT under 80 % of its target) and holds between that
-/// and the target, as TCP Vegas grows its window only while the measured
-/// delay is clearly under its aim. Growing until the target is crossed
-/// overshoots it: an admitted stream's first token is measured seconds
-/// after its admission, and at 1.5× load the limit cycled 40 → 68 → 40
-/// streams every ~45 s, stopping admissions for 10-20 s at each fall.
-pub const RISE_MARGIN: f64 = 0.2;
 
 /// The share of the TTFT SLO the admission limit aims to leave to the
 /// engine (admission to first token); the rest is the queue's, which
@@ -240,18 +229,6 @@ impl LimitController {
         &self.config
     }
 
-    /// Near its target (within [`RISE_MARGIN`]) the limit holds what is let
-    /// in: a limit the prompt gate keeps out of reach would let the whole
-    /// gap in at once as the gate opens, with no TTFT measured for it yet.
-    pub fn hold_near_target(&mut self, admitted_bound: u32) {
-        if self
-            .filtered_error
-            .is_some_and(|error| error > -RISE_MARGIN)
-        {
-            self.limit = self.limit.min(admitted_bound.max(self.config.min_streams));
-        }
-    }
-
     /// Normalised error: the worse of TTFT and ITL against their targets.
     fn error(&self, signals: &Signals) -> f64 {
         let normalised = |measured: Option<f64>, target: Option<f64>| {
@@ -315,8 +292,7 @@ impl LimitController {
         let wanted = (f64::from(config.max_streams) - pressure * span).round() as i64;
         let step_up = if signals.queue_depth == 0 {
             step_down
-        } else if signals.awaiting_first_token > config.max_step as usize || filtered > -RISE_MARGIN
-        {
+        } else if signals.awaiting_first_token > config.max_step as usize {
             0
         } else {
             1
@@ -493,9 +469,6 @@ impl Governor {
             signals.drain_per_second,
         );
         let gate = u32::try_from(decoding + backlog).unwrap_or(u32::MAX);
-        if signals.queue_depth > 0 {
-            self.limit.hold_near_target(gate.max(signals.active as u32));
-        }
         Decision {
             step_budget,
             limit: decision.limit.min(gate),
@@ -696,36 +669,6 @@ mod tests {
                 "holds while streams await a first token"
             );
         }
-    }
-
-    #[test]
-    fn with_a_queue_the_limit_holds_near_its_target_instead_of_rising_past_it() {
-        let mut controller = LimitController::new(test_config(), test_targets());
-        let overload = Signals {
-            ttft_p95: Some(12.0),
-            queue_depth: 50,
-            ..Signals::default()
-        };
-        for _ in 0..40 {
-            controller.tick(&overload, DT);
-        }
-        let floor = controller.limit();
-        // 2.7 s against the 3 s target: under it, within the margin.
-        let near_target = Signals {
-            ttft_p95: Some(2.7),
-            ..overload
-        };
-        for _ in 0..40 {
-            assert_eq!(controller.tick(&near_target, DT).limit, floor);
-        }
-        let clearly_under = Signals {
-            ttft_p95: Some(1.5),
-            ..overload
-        };
-        let risen = (0..40)
-            .map(|_| controller.tick(&clearly_under, DT).limit)
-            .max();
-        assert!(risen > Some(floor), "rises when clearly under its target");
     }
 
     #[test]
@@ -937,40 +880,6 @@ mod tests {
         // Unmeasured, the engine still gets a backlog to fill its steps.
         assert_eq!(prompt_backlog(Some(3.0), None), MIN_PROMPT_BACKLOG);
         assert_eq!(prompt_backlog(Some(0.1), Some(0.7)), MIN_PROMPT_BACKLOG);
-    }
-
-    #[test]
-    fn near_its_target_the_limit_does_not_run_ahead_of_the_prompt_gate() {
-        let config = GovernorConfig {
-            enabled: true,
-            ..test_config()
-        };
-        let mut governor = Governor::new(config, test_targets(), 128, 128);
-        // First tokens at 2.8 s of the 3 s service target: under it, within
-        // the margin. 30 streams hold permits, 2 await their first token,
-        // one stream ends a second: the gate lets 28 + 3 in.
-        let near_target = Signals {
-            ttft_p95: Some(2.8),
-            itl_p95: Some(0.5),
-            queue_depth: 40,
-            awaiting_first_token: 2,
-            active: 30,
-            drain_per_second: Some(1.0),
-            steps: None,
-        };
-        for _ in 0..20 {
-            assert_eq!(governor.tick(&near_target, DT).limit, 31);
-        }
-        // A burst of stream ends opens the gate to 28 + 12.
-        let gate_opens = Signals {
-            drain_per_second: Some(4.0),
-            ..near_target
-        };
-        assert_eq!(
-            governor.tick(&gate_opens, DT).limit,
-            31,
-            "the limit held near its target, not the 40 the gate allows"
-        );
     }
 
     #[test]
