@@ -127,14 +127,17 @@ impl LoadedModel {
         })
     }
 
-    /// Bytes the pools' KV caches take.
-    pub fn kv_bytes(&self) -> u64 {
-        let cells: u64 = self
-            .pools
+    /// KV cells (one token each) of every pool's sequences.
+    pub fn kv_cells(&self) -> u64 {
+        self.pools
             .iter()
             .map(|pool| u64::from(pool.sequences) * u64::from(pool.context))
-            .sum();
-        (cells as f64 * self.kv_bytes_per_cell) as u64
+            .sum()
+    }
+
+    /// Bytes the pools' KV caches take.
+    pub fn kv_bytes(&self) -> u64 {
+        (self.kv_cells() as f64 * self.kv_bytes_per_cell) as u64
     }
 
     /// The most tokens (prompt plus completion) one request may use.

@@ -87,8 +87,9 @@ impl Parts {
             engine,
             knobs: Arc::new(RuntimeKnobs::new(config, Arc::clone(&admission))),
             admission,
-            metrics: Arc::new(Metrics::with_tenants(
+            metrics: Arc::new(Metrics::for_server(
                 tenants.map(|tenant| tenant.name.clone()).collect(),
+                config.server.vllm_metric_names,
             )),
             latency: Arc::new(LatencyWindows::new(Duration::from_millis(
                 config.governor.window_ms,

@@ -90,6 +90,10 @@ pub struct ServerConfig {
     /// over the API key, so only set it where clients cannot reach the
     /// server except through that gateway. Unset: off.
     pub trusted_tenant_header: Option<String>,
+    /// Also expose the gauges an inference gateway's endpoint picker
+    /// scrapes (queued and running requests, KV-cache use, cache config)
+    /// under vLLM's `vllm:` names, for routers that hard-code them.
+    pub vllm_metric_names: bool,
     /// `Host` (and `Origin`, when sent) values accepted, without port; others
     /// get 403 (DNS rebinding, cross-site WebSockets). Unset: the loopback
     /// names when bound to a loopback address, anything otherwise.
@@ -118,6 +122,7 @@ impl Default for ServerConfig {
             max_stop_bytes: 256,
             sse_keepalive_ms: 15_000,
             require_api_key: None,
+            vllm_metric_names: false,
             trusted_tenant_header: None,
             allowed_hosts: None,
             admin_api_key: None,

@@ -65,7 +65,7 @@ struct Doors<'a> {
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
-fn is_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn is_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let value = headers
         .get(header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("(not text)"));
@@ -77,7 +77,7 @@ fn is_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The whole body, within the size limit and the read deadline.
-async fn read_body(body: Body, server: &ServerConfig) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(body: Body, server: &ServerConfig) -> Result<Bytes, ApiError> {
     let deadline = Duration::from_millis(server.limits.body_read_timeout_ms);
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, server.max_body_bytes)).await {
         Err(_) => Err(ApiError::body_timeout(deadline)),

@@ -9,6 +9,7 @@ mod completions;
 mod intake;
 mod ops;
 mod origin;
+mod render;
 mod ws;
 
 use std::sync::Arc;
@@ -86,6 +87,14 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/completions",
             completions::handler(Endpoint::Completion),
+        )
+        .route(
+            "/v1/chat/completions/render",
+            render::handler(Endpoint::Chat),
+        )
+        .route(
+            "/v1/completions/render",
+            render::handler(Endpoint::Completion),
         )
         // `any`: WebSockets over HTTP/2 (RFC 8441) arrive as CONNECT.
         .route("/v1/ws", any(ws::upgrade))

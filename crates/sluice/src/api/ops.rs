@@ -14,7 +14,7 @@ use sluice_engine::{EngineHandle, EngineStatus};
 
 use crate::openai::ApiError;
 use crate::pipeline::Pipeline;
-use crate::telemetry::Metrics;
+use crate::telemetry::{EngineView, Metrics};
 
 /// What the operations endpoints read beside the pipeline.
 pub struct OpsState {
@@ -127,7 +127,10 @@ pub async fn metrics(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         ops.metrics.render(
-            pipeline.engine().stats(),
+            EngineView {
+                stats: pipeline.engine().stats(),
+                kv_cells: pipeline.engine().model().ok().map(|model| model.kv_cells()),
+            },
             ops.admission.snapshot().queued,
             &pipeline.streams().counts(),
         ),

@@ -27,25 +27,8 @@ impl Pipeline {
         request: Request,
     ) -> Result<Prepared, PipelineError> {
         let Request { prompt, params } = request;
-        let model = self.ready_model()?;
         let param = prompt.param();
-        // One tokenizer job per core at most; the rest wait here, where a
-        // client that leaves drops its job before it starts.
-        let _tokenizer = self
-            .tokenizers
-            .acquire()
-            .await
-            .map_err(|_| PipelineError::ShuttingDown)?;
-        let tokens = tokio::task::spawn_blocking(move || match prompt {
-            Prompt::Chat(messages) => model.tokenize_chat(&messages),
-            Prompt::Text(text) => Ok(model.tokenize(&text, true)),
-        })
-        .await
-        .map_err(|err| PipelineError::Internal(format!("tokenizer task failed: {err}")))?
-        .map_err(|err| PipelineError::Prompt {
-            param,
-            message: err.to_string(),
-        })?;
+        let tokens = self.tokenize(prompt).await?;
         let tokenize_time = stream.arrived_at().elapsed();
         self.metrics.observe_stage("tokenize", tokenize_time);
         let prefix_hint = hints::prefix_hint(&self.served_name, &tokens);
@@ -55,6 +38,35 @@ impl Pipeline {
             prompt_param: param,
             tokenize_time,
             prefix_hint,
+        })
+    }
+
+    /// The prompt's token ids as generation would see them (chat template
+    /// applied): what a gateway's prefix-aware router hashes
+    /// (`/v1/*/render`).
+    pub async fn render(self: &Arc<Self>, request: Request) -> Result<Vec<i32>, PipelineError> {
+        self.tokenize(request.prompt).await
+    }
+
+    async fn tokenize(self: &Arc<Self>, prompt: Prompt) -> Result<Vec<i32>, PipelineError> {
+        let model = self.ready_model()?;
+        let param = prompt.param();
+        // One tokenizer job per core at most; the rest wait here, where a
+        // client that leaves drops its job before it starts.
+        let _tokenizer = self
+            .tokenizers
+            .acquire()
+            .await
+            .map_err(|_| PipelineError::ShuttingDown)?;
+        tokio::task::spawn_blocking(move || match prompt {
+            Prompt::Chat(messages) => model.tokenize_chat(&messages),
+            Prompt::Text(text) => Ok(model.tokenize(&text, true)),
+        })
+        .await
+        .map_err(|err| PipelineError::Internal(format!("tokenizer task failed: {err}")))?
+        .map_err(|err| PipelineError::Prompt {
+            param,
+            message: err.to_string(),
         })
     }
 }

@@ -14,7 +14,7 @@ use sluice_core::registry::{EndReason, Stage, StreamCounts};
 use sluice_engine::EngineStats;
 
 pub(super) type Labels = Vec<(&'static str, &'static str)>;
-type FloatGauge = Gauge<f64, AtomicU64>;
+pub(super) type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The governor's inputs, PID terms and output.
 #[derive(Default)]

@@ -20,13 +20,24 @@ use sluice_core::sync::lock;
 use sluice_engine::EngineStats;
 
 use super::groups::{
-    AlertMetrics, ConnectionMetrics, GovernorMetrics, Labels, PrefixCacheMetrics, StreamMetrics,
-    advance_to,
+    AlertMetrics, ConnectionMetrics, FloatGauge, GovernorMetrics, Labels, PrefixCacheMetrics,
+    StreamMetrics, advance_to,
 };
 use super::observer::Outcome;
 use super::qos_window::{QosTags, QosWindows};
 
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Tokens per KV block as routers count them. llama.cpp's cache is per
+/// cell, not paged; this is the unit the cache-config info reports blocks in.
+pub const KV_BLOCK_TOKENS: u64 = 16;
+
+/// What `/metrics` reads from the engine at scrape time.
+pub struct EngineView<'a> {
+    pub stats: &'a EngineStats,
+    /// KV cells of every sequence pool; None while the model loads.
+    pub kv_cells: Option<u64>,
+}
 
 fn stage_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS.iter().copied())
@@ -71,6 +82,10 @@ pub struct Metrics {
     engine_cancellations: Counter,
     prefix_cache: PrefixCacheMetrics,
     kv_cached_tokens: Gauge,
+    kv_usage: FloatGauge,
+    /// One series, value 1, whose labels give the KV cache's block size and
+    /// block count (as `vllm:cache_config_info`): routers read the labels.
+    cache_config: Family<Vec<(&'static str, String)>, Gauge>,
     pub streams: StreamMetrics,
     /// Policy actions taken, by action and the rule that took them.
     pub policy_actions: Family<Vec<(&'static str, String)>, Counter>,
@@ -108,6 +123,13 @@ impl Metrics {
     /// Metrics whose QoS window tracks `tenants` (the configured ones), the
     /// default tenant and the catch-all: a bounded set, fixed at start.
     pub fn with_tenants(tenants: Vec<String>) -> Self {
+        Self::for_server(tenants, false)
+    }
+
+    /// As [`Self::with_tenants`]; `vllm_names` also exposes the Model
+    /// Server Protocol gauges (queue, running, KV use, cache config) under
+    /// vLLM's `vllm:` names, for routers that hard-code them.
+    pub fn for_server(tenants: Vec<String>, vllm_names: bool) -> Self {
         let histogram = |buckets: &[f64]| Histogram::new(buckets.iter().copied());
         let mut metrics = Self {
             time_to_first_token: histogram(&LATENCY_BUCKETS),
@@ -134,6 +156,8 @@ impl Metrics {
             engine_cancellations: Counter::default(),
             prefix_cache: PrefixCacheMetrics::default(),
             kv_cached_tokens: Gauge::default(),
+            kv_usage: FloatGauge::default(),
+            cache_config: Family::default(),
             streams: StreamMetrics::default(),
             policy_actions: Family::default(),
             alerts: AlertMetrics::default(),
@@ -145,6 +169,10 @@ impl Metrics {
         let mut registry = Registry::default();
         metrics.register_requests(&mut registry);
         metrics.register_engine_and_control(&mut registry);
+        metrics.register_protocol("sluice", &mut registry);
+        if vllm_names {
+            metrics.register_protocol("vllm", &mut registry);
+        }
         metrics.registry = registry;
         metrics
     }
@@ -233,16 +261,6 @@ impl Metrics {
     /// loops' own.
     fn register_engine_and_control(&self, registry: &mut Registry) {
         registry.register(
-            "sluice:num_requests_running",
-            "Sequences in the engine's running batch",
-            self.running.clone(),
-        );
-        registry.register(
-            "sluice:num_requests_waiting",
-            "Requests waiting for admission or for an engine sequence",
-            self.waiting.clone(),
-        );
-        registry.register(
             "sluice:num_requests_parked",
             "Running sequences skipped because their client is not reading",
             self.parked.clone(),
@@ -275,6 +293,31 @@ impl Metrics {
             "sluice:kv_cached_tokens",
             "KV cache cells held by idle sequences: cached prefixes and KV preps",
             self.kv_cached_tokens.clone(),
+        );
+    }
+
+    /// The gauges the inference gateway's endpoint picker scrapes (the
+    /// Model Server Protocol), under `prefix:` names.
+    fn register_protocol(&self, prefix: &str, registry: &mut Registry) {
+        registry.register(
+            format!("{prefix}:num_requests_running"),
+            "Sequences in the engine's running batch",
+            self.running.clone(),
+        );
+        registry.register(
+            format!("{prefix}:num_requests_waiting"),
+            "Requests waiting for admission or for an engine sequence",
+            self.waiting.clone(),
+        );
+        registry.register(
+            format!("{prefix}:kv_cache_usage_perc"),
+            "Fraction (0-1) of the KV cache's cells held by running sequences",
+            self.kv_usage.clone(),
+        );
+        registry.register(
+            format!("{prefix}:cache_config_info"),
+            "KV cache configuration in labels: block_size (tokens) and num_gpu_blocks",
+            self.cache_config.clone(),
         );
     }
 
@@ -346,11 +389,26 @@ impl Metrics {
     /// Prometheus text exposition, with the engine's live counters.
     pub fn render(
         &self,
-        engine: &EngineStats,
+        engine: EngineView<'_>,
         admission_queued: usize,
         streams: &StreamCounts,
     ) -> String {
         let _serial = lock(&self.scrape);
+        let EngineView {
+            stats: engine,
+            kv_cells,
+        } = engine;
+        let in_use = engine.kv_tokens_in_use.load(Ordering::Relaxed) as u64;
+        if let Some(cells) = kv_cells.filter(|&cells| cells > 0) {
+            self.kv_usage.set((in_use as f64 / cells as f64).min(1.0));
+            // The same labels every scrape: the pools are fixed at load.
+            self.cache_config
+                .get_or_create(&vec![
+                    ("block_size", KV_BLOCK_TOKENS.to_string()),
+                    ("num_gpu_blocks", (cells / KV_BLOCK_TOKENS).to_string()),
+                ])
+                .set(1);
+        }
         self.running
             .set(engine.running.load(Ordering::Relaxed) as i64);
         self.waiting
@@ -443,5 +501,26 @@ mod tests {
         assert_eq!(next.global.ttft.count(), 0);
         assert_eq!(next.tenants.len(), 3);
         assert!(next.flags.is_empty());
+    }
+
+    #[test]
+    fn the_protocol_gauges_read_the_kv_use_and_take_vllm_names_when_asked() {
+        let stats = EngineStats::default();
+        stats.kv_tokens_in_use.store(4_096, Ordering::Relaxed);
+        let view = || EngineView {
+            stats: &stats,
+            kv_cells: Some(16_384),
+        };
+        let streams = StreamCounts::default();
+        let plain = Metrics::new().render(view(), 0, &streams);
+        assert!(plain.contains("sluice:kv_cache_usage_perc 0.25"), "{plain}");
+        assert!(
+            plain.contains("sluice:cache_config_info{block_size=\"16\",num_gpu_blocks=\"1024\"} 1")
+        );
+        assert!(!plain.contains("vllm:"));
+        let aliased = Metrics::for_server(Vec::new(), true).render(view(), 3, &streams);
+        assert!(aliased.contains("vllm:kv_cache_usage_perc 0.25"));
+        assert!(aliased.contains("vllm:num_requests_waiting 3"));
+        assert!(aliased.contains("vllm:cache_config_info{"));
     }
 }
