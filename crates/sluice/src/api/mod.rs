@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod completions;
+mod doors;
 mod intake;
 mod ops;
 mod origin;
