@@ -452,9 +452,11 @@ impl Governor {
                 ..Decision::default()
             };
         }
-        // A late first token with budget to spare is the budget's to fix.
+        // Experiment: TTFT is the prompt gate's and shedding's, the limit
+        // guards the inter-token gap only.
+        let _ = budget_can_rise;
         let limit_signals = Signals {
-            ttft_p95: signals.ttft_p95.filter(|_| !budget_can_rise),
+            ttft_p95: None,
             ..*signals
         };
         let decision = self.limit.tick(&limit_signals, dt);
