@@ -452,11 +452,9 @@ impl Governor {
                 ..Decision::default()
             };
         }
-        // Experiment: TTFT is the prompt gate's and shedding's, the limit
-        // guards the inter-token gap only.
-        let _ = budget_can_rise;
+        // A late first token with budget to spare is the budget's to fix.
         let limit_signals = Signals {
-            ttft_p95: None,
+            ttft_p95: signals.ttft_p95.filter(|_| !budget_can_rise),
             ..*signals
         };
         let decision = self.limit.tick(&limit_signals, dt);
