@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup serve test fuzz lint bench-foundation
+.PHONY: setup serve test test-cluster fuzz lint bench-foundation
 
 setup:
 	scripts/setup.sh
@@ -19,6 +19,14 @@ test:
 	python3 scripts/check_layers.py
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release --workspace
+
+## Three Sluice processes behind Envoy and the llm-d endpoint picker, with
+## Redis for shared quotas, all on loopback (tests/cluster/run.py).
+test-cluster:
+	scripts/setup.sh --test
+	scripts/setup-cluster.sh
+	$(CARGO) build --release -p sluice
+	python3 tests/cluster/run.py
 
 ## Every fuzz target for FUZZ_SECONDS each (fuzz/README.md); stable falls
 ## back to replaying the corpus.

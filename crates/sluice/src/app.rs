@@ -23,7 +23,7 @@ use crate::control::RuntimeKnobs;
 use crate::control::alerts::Alerter;
 use crate::control::governor::{self, GovernorLoop};
 use crate::control::qos::{self, PolicyLog, QosLoop};
-use crate::pipeline::{Deadlines, Pipeline, PipelineParts, StreamLimits};
+use crate::pipeline::{Deadlines, Pipeline, PipelineParts, Quota, StreamLimits};
 use crate::telemetry::{LatencyWindows, Metrics};
 use crate::transport::{self, TlsAcceptors};
 
@@ -112,10 +112,22 @@ impl RunningServer {
         let listener = TcpListener::bind((config.server.host.as_str(), config.server.port)).await?;
         let local_addr = listener.local_addr()?;
         let parts = Parts::build(config, chat_template);
+        let quota = Quota::new(
+            &parts.admission,
+            config.admission.shared_quota.as_ref(),
+            &parts.metrics,
+        )
+        .map_err(|error| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("admission.shared_quota.redis_url: {error}"),
+            )
+        })?;
         let pipeline = Arc::new(Pipeline::new(PipelineParts {
             engine: parts.engine.clone(),
             served_name: config.model.served_name(),
             admission: Arc::clone(&parts.admission),
+            quota,
             streams: StreamRegistry::new(),
             flags: Arc::clone(parts.knobs.flags()),
             speculation: config.speculation.clone(),

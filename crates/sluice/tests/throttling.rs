@@ -1,14 +1,18 @@
 //! Per-tenant limits on a real server: a tenant over its
 //! `tokens_per_minute` gets 429 with `Retry-After` and an OpenAI-style body,
 //! counted as a rejection, while another tenant is served as before; and a
-//! tenant-scoped policy rule throttles its tenant at run time.
+//! tenant-scoped policy rule throttles its tenant at run time. With shared
+//! quotas (`admission.shared_quota`) and Redis unreachable, the configured
+//! fail mode holds: `reject` answers 503, `local` counts on the node's own
+//! buckets; the metric names the mode. (Shared quotas with a live Redis
+//! are tested across three nodes by tests/cluster/run.py.)
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_core::config::TenantConfig;
+use sluice_core::config::{QuotaFailMode, RuntimeConfig, SharedQuotaConfig, TenantConfig};
 use sluice_core::policy::{Action, Comparison, Indicator, Rule, Scope};
 
 const TINY_RATE: u32 = 30;
@@ -160,4 +164,69 @@ async fn a_tenant_rule_throttles_its_tenant_at_run_time() {
         ),
         "{metrics}"
     );
+}
+
+/// A server whose tenant `rated` has a token rate kept in a Redis that is
+/// not there (a port just closed), failing as `mode` says.
+fn server_with_unreachable_quota_store(mode: QuotaFailMode) -> String {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config: RuntimeConfig = common::test_config();
+    config.engine.max_sequences = 4;
+    config.governor.max_streams = 4;
+    config.admission.tenants = vec![
+        tenant("rated", "sk-rated", Some(TINY_RATE)),
+        tenant("unrated", "sk-unrated", None),
+    ];
+    config.admission.shared_quota = Some(SharedQuotaConfig {
+        redis_url: format!("redis://127.0.0.1:{closed_port}"),
+        when_unreachable: mode,
+        ..SharedQuotaConfig::default()
+    });
+    common::spawn_server(config)
+}
+
+fn quota_mode_gauge(metrics: &str, mode: &str) -> Option<f64> {
+    let prefix = format!("sluice:quota_store_mode{{mode=\"{mode}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn with_the_quota_store_unreachable_reject_mode_answers_503() {
+    let base = server_with_unreachable_quota_store(QuotaFailMode::Reject);
+
+    let refused = complete(&base, "sk-rated").await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let error = refused.json::<Value>().await.unwrap()["error"].clone();
+    assert_eq!(error["code"], "quota_store_unavailable", "{error}");
+    // A tenant without a rate has nothing to count: it is served.
+    assert_eq!(complete(&base, "sk-unrated").await.status(), 200);
+
+    let metrics = common::metrics_text_at(&base).await;
+    assert_eq!(quota_mode_gauge(&metrics, "reject"), Some(1.0), "{metrics}");
+    assert_eq!(quota_mode_gauge(&metrics, "shared"), Some(0.0));
+}
+
+#[tokio::test]
+async fn with_the_quota_store_unreachable_local_mode_counts_on_the_node() {
+    let base = server_with_unreachable_quota_store(QuotaFailMode::Local);
+
+    // The node's own bucket takes the first charge and refuses the second,
+    // as without shared quotas (the first test above).
+    assert_eq!(complete(&base, "sk-rated").await.status(), 200);
+    let second = complete(&base, "sk-rated").await;
+    assert_eq!(second.status(), 429);
+    let error = second.json::<Value>().await.unwrap()["error"].clone();
+    assert_eq!(error["code"], "tenant_tokens_per_minute", "{error}");
+
+    let metrics = common::metrics_text_at(&base).await;
+    assert_eq!(quota_mode_gauge(&metrics, "local"), Some(1.0), "{metrics}");
+    assert_eq!(quota_mode_gauge(&metrics, "shared"), Some(0.0));
 }

@@ -1,6 +1,7 @@
 //! Token-rate charges: a request takes prompt + `max_tokens` from its
 //! tenant's bucket before it queues, and settles against what it used when
-//! it ends.
+//! it ends. The bucket is this node's ([`Admission`]) or one shared by every
+//! node (the server's Redis quota); [`TokenLedger`] is what settles.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,14 @@ use tokio::time::Instant;
 
 use super::shed::MIN_RETRY_AFTER;
 use super::{Admission, Rejection};
+use crate::rate::TokenBucket;
+
+/// Where a charge is settled once its request ends.
+pub trait TokenLedger: Send + Sync {
+    /// Gives back `charged - used` tokens, or takes `used - charged` more
+    /// as debt.
+    fn settle(&self, tenant: &str, charged: u64, used: u64);
+}
 
 /// Tokens a request took from its tenant's bucket. Dropping it settles the
 /// charge against the use recorded with [`TokenCharge::record_use`]: unused
@@ -16,7 +25,7 @@ use super::{Admission, Rejection};
 /// request that never ran (rejected later, engine full) records no use and
 /// gets its whole charge back.
 pub struct TokenCharge {
-    admission: Arc<Admission>,
+    ledger: Arc<dyn TokenLedger>,
     tenant: String,
     charged: u64,
     used: u64,
@@ -33,6 +42,16 @@ impl std::fmt::Debug for TokenCharge {
 }
 
 impl TokenCharge {
+    /// A charge of `charged` tokens that `ledger` has taken.
+    pub fn new(ledger: Arc<dyn TokenLedger>, tenant: String, charged: u64) -> Self {
+        Self {
+            ledger,
+            tenant,
+            charged,
+            used: 0,
+        }
+    }
+
     pub fn charged(&self) -> u64 {
         self.charged
     }
@@ -45,8 +64,7 @@ impl TokenCharge {
 
 impl Drop for TokenCharge {
     fn drop(&mut self) {
-        self.admission
-            .settle_tokens(&self.tenant, self.charged, self.used);
+        self.ledger.settle(&self.tenant, self.charged, self.used);
     }
 }
 
@@ -64,12 +82,11 @@ impl Admission {
             return Ok(None);
         };
         match bucket.try_take(tokens, Instant::now().into_std()) {
-            Ok(charged) => Ok(Some(TokenCharge {
-                admission: Arc::clone(self),
-                tenant: tenant.to_owned(),
+            Ok(charged) => Ok(Some(TokenCharge::new(
+                Arc::clone(self) as Arc<dyn TokenLedger>,
+                tenant.to_owned(),
                 charged,
-                used: 0,
-            })),
+            ))),
             Err(wait) => Err(Rejection::TokenRateExceeded {
                 retry_after: Duration::from_secs(wait.as_secs_f64().ceil() as u64)
                     .max(MIN_RETRY_AFTER),
@@ -78,7 +95,17 @@ impl Admission {
         }
     }
 
-    fn settle_tokens(&self, tenant: &str, charged: u64, used: u64) {
+    /// The tenant's token rate, if it has one.
+    pub fn tokens_per_minute(&self, tenant: &str) -> Option<u32> {
+        self.lock()
+            .buckets
+            .get(tenant)
+            .map(TokenBucket::tokens_per_minute)
+    }
+}
+
+impl TokenLedger for Admission {
+    fn settle(&self, tenant: &str, charged: u64, used: u64) {
         let mut state = self.lock();
         let Some(bucket) = state.buckets.get_mut(tenant) else {
             return;

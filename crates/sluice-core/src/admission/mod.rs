@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::rate::TokenBucket;
-pub use charge::TokenCharge;
+pub use charge::{TokenCharge, TokenLedger};
 use queue::{QueueExit, QueuePlace, Waiter, min_backlogged_virtual, queued_ahead, retry_after};
 use shed::{Arrival, Bookings, DrainRate, Verdict};
 pub use urgency::{Priority, Urgency};
@@ -98,6 +98,9 @@ pub enum Rejection {
         predicted_wait: Duration,
         booked: bool,
     },
+    /// The store of shared token rates cannot be reached and the server is
+    /// configured to refuse rather than count locally.
+    QuotaStoreUnavailable { retry_after: Duration },
     /// Admission is closed (draining for shutdown).
     Closed,
 }
@@ -109,7 +112,8 @@ impl Rejection {
             | Self::WaitTimedOut { retry_after }
             | Self::TenantQueueFull { retry_after }
             | Self::TokenRateExceeded { retry_after, .. }
-            | Self::Shed { retry_after, .. } => Some(*retry_after),
+            | Self::Shed { retry_after, .. }
+            | Self::QuotaStoreUnavailable { retry_after } => Some(*retry_after),
             Self::Closed => None,
         }
     }

@@ -20,8 +20,8 @@ use crate::speculation::SpeculationConfig;
 pub use engine::{DEFAULT_MODEL_PATH, EngineConfig, KvCacheType, ModelConfig, PoolSize};
 pub use qos::{AlertsConfig, QosConfig, SloTargets, WebhookConfig};
 pub use server::{
-    AdmissionConfig, Http2Config, LimitsConfig, ServerConfig, TenantConfig, TlsConfig,
-    WebSocketConfig,
+    AdmissionConfig, Http2Config, LimitsConfig, QuotaFailMode, ServerConfig, SharedQuotaConfig,
+    TenantConfig, TlsConfig, WebSocketConfig,
 };
 pub use validate::{MIN_PARK_MS, MIN_STEP_STALL_TIMEOUT_MS};
 

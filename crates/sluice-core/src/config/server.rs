@@ -25,6 +25,48 @@ pub struct AdmissionConfig {
     pub deadline_shedding: bool,
     /// API keys to tenants. Requests without a known key belong to `default`.
     pub tenants: Vec<TenantConfig>,
+    /// Tenants' token rates kept in Redis and shared by every node behind
+    /// one gateway; unset: each node counts against its own buckets.
+    pub shared_quota: Option<SharedQuotaConfig>,
+}
+
+/// Where the token buckets of several nodes live, and what a node does when
+/// it cannot reach them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedQuotaConfig {
+    /// `redis://host:port[/db]`.
+    pub redis_url: String,
+    /// Prefix of the bucket keys; nodes sharing quotas use the same one.
+    pub key_prefix: String,
+    /// Longest a charge waits for Redis before the node counts it as down.
+    pub timeout_ms: u64,
+    /// How long after a failure the node counts locally before it tries
+    /// Redis again.
+    pub retry_ms: u64,
+    /// While Redis is unreachable: `local` counts against this node's own
+    /// buckets (fail open: each node grants the whole rate), `reject`
+    /// answers 503 (fail closed).
+    pub when_unreachable: QuotaFailMode,
+}
+
+impl Default for SharedQuotaConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "sluice".to_owned(),
+            timeout_ms: 50,
+            retry_ms: 1_000,
+            when_unreachable: QuotaFailMode::Local,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaFailMode {
+    Local,
+    Reject,
 }
 
 impl Default for AdmissionConfig {
@@ -35,6 +77,7 @@ impl Default for AdmissionConfig {
             interactive_reserve: 8,
             deadline_shedding: true,
             tenants: Vec::new(),
+            shared_quota: None,
         }
     }
 }

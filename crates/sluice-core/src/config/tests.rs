@@ -83,6 +83,14 @@ fn hardening_knobs_reject_unusable_values() {
             "admission:\n  tenants:\n    - {name: a, api_keys: [k1]}\n    - {name: b, api_keys: [k1]}\n",
             "another tenant",
         ),
+        (
+            "admission:\n  shared_quota: {redis_url: \"http://127.0.0.1:6379\"}\n",
+            "redis:// URL",
+        ),
+        (
+            "admission:\n  shared_quota: {timeout_ms: 0}\n",
+            "timeout_ms and retry_ms",
+        ),
     ];
     for (yaml, expected) in cases {
         let err = RuntimeConfig::from_yaml(yaml, "test").unwrap_err();

@@ -55,6 +55,19 @@ impl RuntimeConfig {
                 "admission.tenants[].tokens_per_minute must be at least 1 (null: unlimited)",
             ),
             (
+                self.admission.shared_quota.as_ref().is_some_and(|quota| {
+                    !quota.redis_url.starts_with("redis://") || quota.key_prefix.is_empty()
+                }),
+                "admission.shared_quota needs a redis:// URL and a non-empty key_prefix",
+            ),
+            (
+                self.admission
+                    .shared_quota
+                    .as_ref()
+                    .is_some_and(|quota| quota.timeout_ms == 0 || quota.retry_ms == 0),
+                "admission.shared_quota.timeout_ms and retry_ms must be at least 1",
+            ),
+            (
                 !self.qos.canary_margin.is_finite() || self.qos.canary_margin < 0.0,
                 "qos.canary_margin must be a share of at least 0",
             ),

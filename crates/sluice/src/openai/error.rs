@@ -389,6 +389,15 @@ impl ApiError {
                 },
                 retry_after,
             ),
+            Rejection::QuotaStoreUnavailable { .. } => Self {
+                code: Some("quota_store_unavailable"),
+                retry_after_seconds: Some(retry_after),
+                ..Self::unavailable(
+                    "The store of shared token rates is unreachable and this server refuses \
+                     requests it cannot count (admission.shared_quota.when_unreachable: reject); \
+                     retry after the Retry-After delay.",
+                )
+            },
             Rejection::Closed => PipelineError::ShuttingDown.into(),
         }
     }

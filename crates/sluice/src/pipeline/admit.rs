@@ -53,8 +53,9 @@ impl Pipeline {
         // overshoot the rate. What the answer leaves unused comes back when
         // it ends (`TokenCharge`).
         let token_charge = self
-            .admission
-            .charge_tokens(&tenant, prompt_tokens as u64 + u64::from(max_tokens))
+            .quota
+            .charge(&tenant, prompt_tokens as u64 + u64::from(max_tokens))
+            .await
             .map_err(|rejection| self.rejected(&tenant, rejection))?;
         let flags = self.decide_flags(&tenant);
         let namespace = cache_namespace(&tenant, prepared.params.cache_salt.as_deref());
@@ -306,6 +307,7 @@ impl Pipeline {
                 ("tenant_tokens_per_minute", RejectedBy::TenantLimit)
             }
             Rejection::Shed { .. } => ("deadline", RejectedBy::Server),
+            Rejection::QuotaStoreUnavailable { .. } => ("quota_store", RejectedBy::Server),
             Rejection::Closed => ("draining", RejectedBy::Server),
         };
         self.metrics.count_rejected(reason, tenant, by);

@@ -13,6 +13,7 @@ mod admit;
 mod error;
 mod generation;
 mod prepare;
+mod quota;
 mod speculation;
 
 use std::hash::RandomState;
@@ -32,6 +33,7 @@ use crate::telemetry::{LatencyWindows, Metrics};
 
 pub use error::PipelineError;
 pub use generation::{Chunk, Generation, StreamLimits};
+pub use quota::Quota;
 pub use speculation::OpeningStore;
 
 #[cfg(test)]
@@ -109,6 +111,7 @@ pub struct Pipeline {
     engine: EngineHandle,
     served_name: String,
     admission: Arc<Admission>,
+    quota: Quota,
     streams: Arc<StreamRegistry>,
     flags: Arc<Flags>,
     openings: Arc<OpeningStore>,
@@ -141,6 +144,8 @@ pub struct PipelineParts {
     pub engine: EngineHandle,
     pub served_name: String,
     pub admission: Arc<Admission>,
+    /// Charges token rates: `admission`'s buckets, or shared ones.
+    pub quota: Quota,
     pub streams: Arc<StreamRegistry>,
     pub flags: Arc<Flags>,
     pub speculation: SpeculationConfig,
@@ -162,6 +167,7 @@ impl Pipeline {
             engine: parts.engine,
             served_name: parts.served_name,
             admission: parts.admission,
+            quota: parts.quota,
             streams: parts.streams,
             flags: parts.flags,
             metrics: parts.metrics,

@@ -91,10 +91,34 @@ pub struct Metrics {
     pub policy_actions: Family<Vec<(&'static str, String)>, Counter>,
     pub alerts: AlertMetrics,
     pub connections: ConnectionMetrics,
+    /// Where tenants' token rates are counted: one series per
+    /// [`QuotaMode`], 1 on the active one.
+    quota_mode: Family<Vec<(&'static str, &'static str)>, Gauge>,
     /// The QoS evaluator's current window, fed by the same observations.
     qos: QosWindows,
     /// Serialises scrapes: engine totals are copied into counters by delta.
     scrape: Mutex<()>,
+}
+
+/// Where tenants' token rates are counted when nodes share them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaMode {
+    /// In Redis, shared by every node.
+    Shared,
+    /// Redis unreachable: on this node's own buckets (fail open).
+    Local,
+    /// Redis unreachable: requests with a token rate get 503 (fail closed).
+    Reject,
+}
+
+impl QuotaMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Local => "local",
+            Self::Reject => "reject",
+        }
+    }
 }
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -162,6 +186,7 @@ impl Metrics {
             policy_actions: Family::default(),
             alerts: AlertMetrics::default(),
             connections: ConnectionMetrics::default(),
+            quota_mode: Family::default(),
             qos: QosWindows::new(tenants),
             scrape: Mutex::new(()),
             registry: Registry::default(),
@@ -290,6 +315,11 @@ impl Metrics {
         self.alerts.register(registry);
         self.connections.register(registry);
         registry.register(
+            "sluice:quota_store_mode",
+            "Where token rates are counted (admission.shared_quota): shared (Redis), local (Redis unreachable, this node's buckets), reject (Redis unreachable, 503)",
+            self.quota_mode.clone(),
+        );
+        registry.register(
             "sluice:kv_cached_tokens",
             "KV cache cells held by idle sequences: cached prefixes and KV preps",
             self.kv_cached_tokens.clone(),
@@ -364,6 +394,14 @@ impl Metrics {
         self.requests_rejected
             .get_or_create(&vec![("reason", reason)])
             .inc();
+    }
+
+    pub fn set_quota_mode(&self, mode: QuotaMode) {
+        for each in [QuotaMode::Shared, QuotaMode::Local, QuotaMode::Reject] {
+            self.quota_mode
+                .get_or_create(&vec![("mode", each.as_str())])
+                .set(i64::from(each == mode));
+        }
     }
 
     /// A wait admission predicted, against the one that followed.

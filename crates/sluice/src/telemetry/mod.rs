@@ -10,5 +10,5 @@ mod qos_window;
 
 pub use groups::{AlertMetrics, ConnectionMetrics};
 pub use latency::LatencyWindows;
-pub use metrics::{EngineView, Metrics, RejectedBy};
+pub use metrics::{EngineView, Metrics, QuotaMode, RejectedBy};
 pub use observer::{Outcome, RequestInfo, RequestObserver};
