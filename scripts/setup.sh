@@ -76,6 +76,13 @@ install_test_packages() {
     say "installing the python openai client"
     python3 -m pip install --quiet openai
   fi
+  # The independent KV-event subscriber (crates/sluice/tests/kv_events.rs).
+  if python3 -c 'import zmq, msgpack' 2>/dev/null; then
+    say "pyzmq and msgpack present"
+  else
+    say "installing pyzmq and msgpack"
+    python3 -m pip install --quiet pyzmq msgpack
+  fi
 }
 
 install_system_packages

@@ -3,6 +3,7 @@
 
 mod detokenizer;
 mod heartbeat;
+pub mod kv_events;
 mod model;
 mod request;
 mod scheduler;
@@ -177,6 +178,16 @@ impl EngineHandle {
     /// Starts the engine thread; the model loads in the background (status
     /// `Loading` until then).
     pub fn spawn(options: EngineOptions) -> Self {
+        Self::spawn_inner(options, None)
+    }
+
+    /// As [`EngineHandle::spawn`], and the engine sends every round's
+    /// KV-cache block changes to `kv_events`.
+    pub fn spawn_publishing(options: EngineOptions, kv_events: kv_events::KvEventSender) -> Self {
+        Self::spawn_inner(options, Some(kv_events))
+    }
+
+    fn spawn_inner(options: EngineOptions, kv_events: Option<kv_events::KvEventSender>) -> Self {
         let (submissions, commands) = std::sync::mpsc::channel();
         let (status_tx, status) = watch::channel(EngineStatus::Loading);
         let stats = Arc::new(EngineStats::default());
@@ -217,6 +228,7 @@ impl EngineHandle {
                         stats,
                         step_budget,
                         heartbeat,
+                        kv_events,
                     )
                     .map(|scheduler| (model, scheduler))
                 });

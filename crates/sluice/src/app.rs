@@ -13,6 +13,7 @@ use sluice_core::clock::unix_seconds;
 use sluice_core::config::RuntimeConfig;
 use sluice_core::governor::{Governor, Targets};
 use sluice_core::registry::StreamRegistry;
+use sluice_engine::kv_events::KvEventSender;
 use sluice_engine::{EngineHandle, EngineOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,7 +25,7 @@ use crate::control::alerts::Alerter;
 use crate::control::governor::{self, GovernorLoop};
 use crate::control::qos::{self, PolicyLog, QosLoop};
 use crate::pipeline::{Deadlines, Pipeline, PipelineParts, Quota, StreamLimits};
-use crate::telemetry::{LatencyWindows, Metrics};
+use crate::telemetry::{LatencyWindows, Metrics, start_kv_event_publisher};
 use crate::transport::{self, TlsAcceptors};
 
 /// A server running in the background, for `main` and for tests.
@@ -47,18 +48,26 @@ struct Parts {
 }
 
 impl Parts {
-    fn build(config: &RuntimeConfig, chat_template: Option<String>) -> Self {
+    fn build(
+        config: &RuntimeConfig,
+        chat_template: Option<String>,
+        kv_events: Option<KvEventSender>,
+    ) -> Self {
         let mut engine_config = config.engine.clone();
         if !config.governor.adapt_step_budget {
             // A fixed budget: size the llama.cpp batch for it, not for a
             // ceiling nothing will raise it to.
             engine_config.max_step_token_budget = engine_config.step_token_budget;
         }
-        let engine = EngineHandle::spawn(EngineOptions {
+        let options = EngineOptions {
             model_path: config.model.path.clone(),
             chat_template,
             config: engine_config,
-        });
+        };
+        let engine = match kv_events {
+            Some(sender) => EngineHandle::spawn_publishing(options, sender),
+            None => EngineHandle::spawn(options),
+        };
         let policies = config
             .admission
             .tenants
@@ -111,7 +120,15 @@ impl RunningServer {
             .transpose()?;
         let listener = TcpListener::bind((config.server.host.as_str(), config.server.port)).await?;
         let local_addr = listener.local_addr()?;
-        let parts = Parts::build(config, chat_template);
+        let kv_events = if config.engine.kv_events.enabled {
+            Some(
+                start_kv_event_publisher(&config.engine.kv_events, &config.model.served_name())
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let parts = Parts::build(config, chat_template, kv_events);
         let quota = Quota::new(
             &parts.admission,
             config.admission.shared_quota.as_ref(),

@@ -23,6 +23,7 @@
 //! the charge is settled against the real use when the request ends.
 
 mod charge;
+mod limits;
 mod queue;
 pub mod shed;
 mod urgency;
@@ -134,6 +135,8 @@ struct State {
     baseline: u32,
     /// Permits held by class ([`Priority::index`]).
     active_by_class: [u32; 2],
+    /// Permits held by booked retries admitted past the limit.
+    overdraft_active: u32,
     closed: bool,
     next_waiter: u64,
     queued: usize,
@@ -178,6 +181,8 @@ pub struct Permit {
     class: Priority,
     /// The wait shedding predicted for it, when it could.
     predicted_wait: Option<Duration>,
+    /// Admitted past the limit as a booked retry.
+    overdraft: bool,
 }
 
 impl std::fmt::Debug for Permit {
@@ -200,7 +205,8 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.admission.release(&self.tenant, self.class);
+        self.admission
+            .release(&self.tenant, self.class, self.overdraft);
     }
 }
 
@@ -227,6 +233,7 @@ impl Admission {
                 limit,
                 baseline: limit,
                 active_by_class: [0; 2],
+                overdraft_active: 0,
                 closed: false,
                 next_waiter: 0,
                 queued: 0,
@@ -403,7 +410,7 @@ impl Admission {
                 }
             };
             if !must_wait {
-                return Ok(self.admit(&mut state, tenant, class, predicted_wait));
+                return Ok(self.admit(&mut state, tenant, class, predicted_wait, false));
             }
             if state.queued >= self.limits.max_queue {
                 let retry_after = retry_after(&mut state);
@@ -478,33 +485,13 @@ impl Admission {
         }
     }
 
-    /// The permits held in all that a class may take one more under. Batch
-    /// leaves the reserve of the baseline, and one place under a lower
-    /// limit: the governor lowers it to hold prompts in admission, and the
-    /// next place to open there is an interactive request's. Interactive
-    /// may pass a lower limit by the places batch holds, up to the reserve
-    /// and never past the baseline.
-    fn class_limit(&self, state: &State, class: Priority) -> u32 {
-        let reserve = self.limits.interactive_reserve;
-        match class {
-            Priority::Interactive => {
-                let batch = state.active_by_class[Priority::Batch.index()];
-                let ceiling = state.baseline.max(state.limit);
-                state.limit.saturating_add(batch.min(reserve)).min(ceiling)
-            }
-            Priority::Batch => state
-                .limit
-                .saturating_sub(reserve.min(1))
-                .min(state.baseline.saturating_sub(reserve)),
-        }
-    }
-
     fn admit(
         self: &Arc<Self>,
         state: &mut State,
         tenant: &str,
         class: Priority,
         predicted_wait: Option<Duration>,
+        overdraft: bool,
     ) -> Permit {
         let weight = state
             .policies
@@ -515,12 +502,14 @@ impl Admission {
         tenant_state.active += 1;
         tenant_state.virtual_served += 1.0 / weight;
         state.active_by_class[class.index()] += 1;
+        state.overdraft_active += u32::from(overdraft);
         state.drain.record(Instant::now().into_std());
         Permit {
             admission: Arc::clone(self),
             tenant: tenant.to_owned(),
             class,
             predicted_wait,
+            overdraft,
         }
     }
 
@@ -551,17 +540,19 @@ impl Admission {
                     .expect("tenant chosen for a non-empty queue");
                 state.queued -= 1;
                 state.queued_by_class[queue] -= 1;
-                let permit = self.admit(state, &name, class, waiter.predicted_wait);
+                let permit = self.admit(state, &name, class, waiter.predicted_wait, false);
                 grants.push((waiter.grant, permit));
             }
         }
+        self.dispatch_booked_overdraft(state, &mut grants);
         grants
     }
 
-    fn release(self: &Arc<Self>, tenant: &str, class: Priority) {
+    fn release(self: &Arc<Self>, tenant: &str, class: Priority, overdraft: bool) {
         let grants = {
             let mut state = self.lock();
             state.active_by_class[class.index()] -= 1;
+            state.overdraft_active -= u32::from(overdraft);
             if let Some(tenant_state) = state.tenants.get_mut(tenant) {
                 tenant_state.active -= 1;
             }

@@ -429,6 +429,56 @@ async fn booked_retries_keep_their_order_whenever_they_come_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn booked_retries_pass_a_lowered_limit_by_an_eighth_of_it() {
+    // 16 running under a limit of 16 (baseline 32; 0.8 admissions per
+    // second over the window), 3 queued.
+    let admission = admission(32);
+    admission.set_limit(16);
+    admission.set_service_time(Duration::from_secs(1));
+    let mut running = acquire_now(&admission, "a", 16).await;
+    let queued: Vec<_> = (0..3)
+        .map(|_| spawn_acquire(&admission, "a", Urgency::default()))
+        .collect();
+    settle().await;
+    for key in [7, 8, 9] {
+        let shed = admission.acquire_with("a", due_in(5, key)).await;
+        assert!(
+            matches!(shed, Err(Rejection::Shed { booked: true, .. })),
+            "{shed:?}"
+        );
+    }
+    queued.into_iter().for_each(|waiter| waiter.abort());
+    settle().await;
+    // The governor lowers the limit to 12; the retries come back when due.
+    admission.set_limit(12);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let retries: Vec<_> = [7, 8, 9]
+        .into_iter()
+        .map(|key| spawn_acquire(&admission, "a", due_in(5, key)))
+        .collect();
+    let fresh = spawn_acquire(&admission, "a", Urgency::default());
+    settle().await;
+    // 12 / 8 = 1 past the limit: one retry admitted though 16 run.
+    assert_eq!(admission.snapshot().active, 17);
+    assert_eq!(admission.snapshot().queued, 3);
+    assert_eq!(retries.iter().filter(|r| r.is_finished()).count(), 1);
+    // A stream ending under the lowered limit opens nothing (17 > 12),
+    // and the fresh request never passes the limit.
+    drop(running.pop());
+    settle().await;
+    assert_eq!(retries.iter().filter(|r| r.is_finished()).count(), 1);
+    assert!(!fresh.is_finished());
+    // The retry past the limit ends: the next booked retry takes its turn.
+    let mut retries = retries.into_iter();
+    let first = retries.next().unwrap().await.unwrap().unwrap();
+    drop(first);
+    settle().await;
+    assert_eq!(retries.filter(|r| r.is_finished()).count(), 1);
+    assert!(!fresh.is_finished());
+    fresh.abort();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cold_start_measures_its_drain_from_admissions_before_any_stream_ends() {
     // Four streams admitted, none ended: 4 admissions over the 20 s
     // window, 0.2 per second, 5 s for the next place to open.

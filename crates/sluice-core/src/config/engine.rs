@@ -63,6 +63,8 @@ pub struct EngineConfig {
     /// counts shrink to fit it (the long pool's first, it is small). 0:
     /// half of the memory available when the engine starts.
     pub kv_cache_bytes: u64,
+    /// KV-cache events for an inference gateway's prefix-aware routing.
+    pub kv_events: KvEventsConfig,
     /// One KV buffer shared by all sequences (true) or one per sequence
     /// (false). Per-sequence buffers decode faster with many streams; see
     /// docs/architecture.md for the measurements.
@@ -196,6 +198,7 @@ impl Default for EngineConfig {
             max_model_len: 0,
             kv_cache_type: KvCacheType::F16,
             kv_cache_bytes: 0,
+            kv_events: KvEventsConfig::default(),
             kv_unified: false,
             step_token_budget: 128,
             max_step_token_budget: 512,
@@ -208,6 +211,30 @@ impl Default for EngineConfig {
             prefix_cache: true,
             prep_tokens_per_step: 32,
             step_stall_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// KV-cache events, published over ZMQ as vLLM does (the llm-d KV-event
+/// wire format): which 16-token blocks the engine holds, as they are
+/// cached and dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvEventsConfig {
+    pub enabled: bool,
+    /// Where the ZMQ PUB socket binds, e.g. `tcp://*:5557`.
+    pub endpoint: String,
+    /// The pod name in each message's topic `kv@<pod>@<model>`; unset: the
+    /// `HOSTNAME` environment variable (the pod's name on Kubernetes).
+    pub pod: Option<String>,
+}
+
+impl Default for KvEventsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "tcp://*:5557".to_owned(),
+            pod: None,
         }
     }
 }

@@ -17,7 +17,9 @@ use crate::flags::FlagsConfig;
 use crate::governor::GovernorConfig;
 use crate::speculation::SpeculationConfig;
 
-pub use engine::{DEFAULT_MODEL_PATH, EngineConfig, KvCacheType, ModelConfig, PoolSize};
+pub use engine::{
+    DEFAULT_MODEL_PATH, EngineConfig, KvCacheType, KvEventsConfig, ModelConfig, PoolSize,
+};
 pub use qos::{AlertsConfig, QosConfig, SloTargets, WebhookConfig};
 pub use server::{
     AdmissionConfig, Http2Config, LimitsConfig, QuotaFailMode, ServerConfig, SharedQuotaConfig,

@@ -36,6 +36,7 @@
 mod executor;
 mod exit_gate;
 mod inbox;
+mod kv_blocks;
 mod kv_prep;
 mod outbox;
 mod planner;
@@ -55,12 +56,14 @@ use sluice_core::config::EngineConfig;
 use tokio::sync::watch;
 
 use crate::heartbeat::Heartbeat;
+use crate::kv_events::KvEventSender;
 use crate::model::LoadedModel;
 use crate::request::StreamEvent;
 use crate::{EngineError, EngineStats, EngineStatus};
 
 use exit_gate::{close_exit_gate_at_process_exit, exit_gate};
 pub(crate) use inbox::{Command, PrepJob, Submission};
+use kv_blocks::BlockLedger;
 use pool::{Pool, PoolCounts};
 
 /// How long the loop waits for commands while every stream is parked.
@@ -99,6 +102,8 @@ pub(crate) struct Scheduler {
     overdraft: u32,
     /// Fault injection: panic at the start of the next step.
     panic_at_next_step: bool,
+    /// With KV-cache events on: what was published of the pools' blocks.
+    kv_blocks: Option<BlockLedger>,
 }
 
 impl Scheduler {
@@ -108,6 +113,7 @@ impl Scheduler {
         stats: Arc<EngineStats>,
         step_budget: Arc<AtomicU32>,
         heartbeat: Arc<Heartbeat>,
+        kv_events: Option<KvEventSender>,
     ) -> Result<Self, EngineError> {
         let attention_depth = model.attention_depth();
         let pools = model
@@ -124,9 +130,11 @@ impl Scheduler {
                     Arc::clone(&step_budget),
                 )
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let kv_blocks = kv_events.map(|sender| BlockLedger::new(&pools, sender));
         Ok(Self {
             pools,
+            kv_blocks,
             stats,
             heartbeat,
             step_budget,
@@ -283,6 +291,9 @@ impl Scheduler {
         self.publish_stats();
         for pool in &mut self.pools {
             pool.run_step()?;
+        }
+        if let Some(ledger) = &mut self.kv_blocks {
+            ledger.publish(&self.pools);
         }
         if tokens == 0 {
             return Ok(progressed);

@@ -85,6 +85,15 @@ impl std::ops::AddAssign for PoolCounts {
 }
 
 impl Pool {
+    /// What slot `slot`'s KV cells hold: its running sequence's tokens, else
+    /// its cached prefix (empty once cleared), and their cache namespace.
+    pub(super) fn kv_content(&self, slot: usize) -> (&Arc<str>, &[i32]) {
+        match &self.slots[slot] {
+            Some(seq) => (&seq.cache_namespace, &seq.kv_tokens),
+            None => (&self.cached[slot].namespace, &self.cached[slot].tokens),
+        }
+    }
+
     pub(super) fn new(
         model: Arc<LoadedModel>,
         size: PoolSize,
