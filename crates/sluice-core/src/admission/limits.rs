@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::queue::Waiter;
 use super::{Admission, Grants, Priority, State};
 
 /// Booked retries may pass the limit by `limit / BOOKED_OVERDRAFT_SHARE`
@@ -47,39 +48,12 @@ impl Admission {
     ) {
         let allowance = state.limit / BOOKED_OVERDRAFT_SHARE;
         let ceiling = state.baseline.max(state.limit);
-        let queue = Priority::Interactive.index();
         while state.overdraft_active < allowance && state.active() < ceiling {
-            let next = state
-                .tenants
-                .iter()
-                .filter(|(name, tenant)| {
-                    let cap = state
-                        .policies
-                        .get(*name)
-                        .map_or(u32::MAX, |p| p.max_concurrent);
-                    tenant.queues[queue]
-                        .front()
-                        .is_some_and(|waiter| !waiter.place.fresh)
-                        && tenant.active < cap
-                })
-                .min_by(|a, b| a.1.virtual_served.total_cmp(&b.1.virtual_served))
-                .map(|(name, _)| name.clone());
-            let Some(name) = next else { break };
-            let waiter = state
-                .tenants
-                .get_mut(&name)
-                .and_then(|tenant| tenant.queues[queue].pop_front())
-                .expect("tenant chosen for a booked retry at its front");
-            state.queued -= 1;
-            state.queued_by_class[queue] -= 1;
-            let permit = self.admit(
-                state,
-                &name,
-                Priority::Interactive,
-                waiter.predicted_wait,
-                true,
-            );
-            grants.push((waiter.grant, permit));
+            let booked = |waiter: &Waiter| !waiter.place.fresh;
+            let Some(grant) = self.admit_next(state, Priority::Interactive, true, booked) else {
+                break;
+            };
+            grants.push(grant);
         }
     }
 }

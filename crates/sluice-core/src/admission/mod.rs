@@ -518,34 +518,48 @@ impl Admission {
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Grants {
         let mut grants = Vec::new();
         for class in [Priority::Interactive, Priority::Batch] {
-            let queue = class.index();
             while state.active() < self.class_limit(state, class) {
-                let next = state
-                    .tenants
-                    .iter()
-                    .filter(|(name, tenant)| {
-                        let cap = state
-                            .policies
-                            .get(*name)
-                            .map_or(u32::MAX, |p| p.max_concurrent);
-                        !tenant.queues[queue].is_empty() && tenant.active < cap
-                    })
-                    .min_by(|a, b| a.1.virtual_served.total_cmp(&b.1.virtual_served))
-                    .map(|(name, _)| name.clone());
-                let Some(name) = next else { break };
-                let waiter = state
-                    .tenants
-                    .get_mut(&name)
-                    .and_then(|tenant| tenant.queues[queue].pop_front())
-                    .expect("tenant chosen for a non-empty queue");
-                state.queued -= 1;
-                state.queued_by_class[queue] -= 1;
-                let permit = self.admit(state, &name, class, waiter.predicted_wait, false);
-                grants.push((waiter.grant, permit));
+                let Some(grant) = self.admit_next(state, class, false, |_| true) else {
+                    break;
+                };
+                grants.push(grant);
             }
         }
         self.dispatch_booked_overdraft(state, &mut grants);
         grants
+    }
+
+    /// Admits the front waiter of `class` of the fairest tenant (least
+    /// served for its weight) under its cap whose front waiter is
+    /// `eligible`; None when there is none.
+    fn admit_next(
+        self: &Arc<Self>,
+        state: &mut State,
+        class: Priority,
+        overdraft: bool,
+        eligible: impl Fn(&Waiter) -> bool,
+    ) -> Option<(oneshot::Sender<Permit>, Permit)> {
+        let queue = class.index();
+        let name = state
+            .tenants
+            .iter()
+            .filter(|(name, tenant)| {
+                let cap = state
+                    .policies
+                    .get(*name)
+                    .map_or(u32::MAX, |p| p.max_concurrent);
+                tenant.queues[queue].front().is_some_and(&eligible) && tenant.active < cap
+            })
+            .min_by(|a, b| a.1.virtual_served.total_cmp(&b.1.virtual_served))
+            .map(|(name, _)| name.clone())?;
+        let waiter = state
+            .tenants
+            .get_mut(&name)
+            .and_then(|tenant| tenant.queues[queue].pop_front())?;
+        state.queued -= 1;
+        state.queued_by_class[queue] -= 1;
+        let permit = self.admit(state, &name, class, waiter.predicted_wait, overdraft);
+        Some((waiter.grant, permit))
     }
 
     fn release(self: &Arc<Self>, tenant: &str, class: Priority, overdraft: bool) {
