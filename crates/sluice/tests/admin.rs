@@ -61,14 +61,6 @@ fn config_yaml(port: u16, rollout_percent: f64, kill_switch: bool) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(config_path: &std::path::Path, port: u16) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--config"])
@@ -115,7 +107,7 @@ async fn flags_change_through_the_admin_api_and_sighup_and_bad_files_change_noth
     let dir = std::env::temp_dir().join(format!("sluice-admin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("runtime.yaml");
-    let port = free_port();
+    let port = common::free_port();
     std::fs::write(&config_path, config_yaml(port, 100.0, false)).unwrap();
     let server = start(&config_path, port);
 
@@ -227,7 +219,7 @@ async fn the_prefix_cache_flag_decides_per_request_and_labels_the_cohort() {
     let dir = std::env::temp_dir().join(format!("sluice-admin-flag-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("runtime.yaml");
-    let port = free_port();
+    let port = common::free_port();
     std::fs::write(&config_path, config_yaml(port, 100.0, false)).unwrap();
     let server = start(&config_path, port);
     let prompt = "The lighthouse keeper climbed the stairs every evening, counting each \

@@ -176,20 +176,12 @@ async fn an_engine_that_stops_finishing_steps_is_not_live_until_it_steps_again()
     server.wait().await.unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_non_zero_on_its_own_after_an_engine_panic() {
     let dir = std::env::temp_dir().join(format!("sluice-engine-failure-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("runtime.yaml");
-    let port = free_port();
+    let port = common::free_port();
     std::fs::write(
         &config_path,
         format!(

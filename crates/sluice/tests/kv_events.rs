@@ -174,11 +174,7 @@ fn chains(dump: &Value) -> Vec<Vec<u64>> {
 
 #[tokio::test]
 async fn an_independent_subscriber_holds_exactly_the_engines_cached_blocks() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let mut config = common::test_config();
     // Two sequences: of four requests in a row, the last two stay cached.

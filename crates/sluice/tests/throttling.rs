@@ -169,11 +169,7 @@ async fn a_tenant_rule_throttles_its_tenant_at_run_time() {
 /// A server whose tenant `rated` has a token rate kept in a Redis that is
 /// not there (a port just closed), failing as `mode` says.
 fn server_with_unreachable_quota_store(mode: QuotaFailMode) -> String {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = common::free_port();
     let mut config: RuntimeConfig = common::test_config();
     config.engine.max_sequences = 4;
     config.governor.max_streams = 4;

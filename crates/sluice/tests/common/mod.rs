@@ -23,6 +23,15 @@ pub struct TestServer {
 /// take this for writing; all others take it for reading.
 pub static ENGINE_EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
+/// A loopback port nothing listens on: bound, then closed.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn model_path() -> PathBuf {
     std::env::var_os("SLUICE_TEST_MODEL").map_or_else(
         || {
