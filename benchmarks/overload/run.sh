@@ -62,6 +62,11 @@ done
   echo
   benchmarks/overload/summarize.py "$CAPACITY" "${REPORTS[@]}" 2>"$OUT/summary.json"
 } >"$OUT/summary.md"
+# Per-request server lines (admission wait, engine queue, TTFT) beside the
+# client's view; the rest of the logs goes.
+for log in "$OUT"/*.server.log; do
+  grep ' request ' "$log" | gzip >"${log%.server.log}.requests.log.gz" || true
+done
 rm -f "$OUT"/*.server.log
 gzip -f "$OUT"/*.json 2>/dev/null || true
 gunzip -f "$OUT/summary.json.gz" 2>/dev/null || true

@@ -229,6 +229,10 @@ impl Drop for RequestObserver {
             tokens_written = telemetry.tokens,
             bytes_written = telemetry.bytes,
             blocked_ms = telemetry.blocked.as_millis(),
+            admission_ms = self
+                .admitted_at
+                .saturating_duration_since(self.stream.arrived_at())
+                .as_millis(),
             ttft_ms,
             gap_mean_ms = telemetry.gap_mean().map(|gap| gap.as_millis()),
             gap_max_ms = telemetry.gap_max.as_millis(),
