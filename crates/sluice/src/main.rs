@@ -1,6 +1,7 @@
 //! The `sluice` command line.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,6 +59,9 @@ fn main() -> ExitCode {
                 // need (RUST_LOG=info,llama-cpp-2=info shows it).
                 .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn")),
         )
+        // Colour codes only for a terminal: a log file or a pod's log
+        // collector gets plain `key=value` lines.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;

@@ -384,7 +384,7 @@ impl Admission {
                 let arrival = Arrival {
                     must_wait,
                     ahead: ahead + booked,
-                    drain_per_second: state.drain.per_second(now),
+                    drain_per_second: state.drain.sustained_per_second(now),
                     service: state.service,
                     deadline: urgency.deadline,
                 };

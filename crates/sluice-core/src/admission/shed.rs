@@ -22,6 +22,14 @@
 //! and in horizon ([`MAX_RETRY_AFTER`]); past the horizon the answer is
 //! the horizon, unbooked.
 //!
+//! The rate the rule counts on is the slower of the last 20 s and the last
+//! minute ([`DrainRate::sustained_per_second`]). Its advice is a promise
+//! about the next minute, and 20 s hold only a handful of admissions at
+//! this load: counted on them alone, a burst of admissions (the governor
+//! raising its limit) read as a rate twice what the queue then drained
+//! at, and the retries booked on it came back to wait 15-24 s
+//! (benchmarks/results/2026-12-06-4f5605e7b032-overload, 2x load).
+//!
 //! Pure: the caller passes the time.
 
 use std::collections::VecDeque;
@@ -31,6 +39,8 @@ use std::time::{Duration, Instant};
 /// hold several at this machine's few per second, short enough
 /// to follow a change of load within a governor window or two.
 pub const DRAIN_WINDOW: Duration = Duration::from_secs(20);
+/// The longer window the shedding rule also reads (module docs).
+pub const SUSTAINED_WINDOW: Duration = Duration::from_secs(60);
 /// Admissions the window needs before its rate is trusted; with fewer (a
 /// cold start) nothing is shed for a prediction.
 pub const MIN_ADMISSIONS: usize = 4;
@@ -53,7 +63,7 @@ pub const MAX_BOOKINGS: usize = 1024;
 /// near the front and fresh requests take what is left.
 pub const BOOKING_PACE: f64 = 0.8;
 
-/// Admissions per second over [`DRAIN_WINDOW`].
+/// Admissions per second over [`DRAIN_WINDOW`] and [`SUSTAINED_WINDOW`].
 #[derive(Debug, Default)]
 pub struct DrainRate {
     admissions: VecDeque<Instant>,
@@ -69,19 +79,37 @@ impl DrainRate {
         while self
             .admissions
             .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) > DRAIN_WINDOW)
+            .is_some_and(|&at| now.saturating_duration_since(at) > SUSTAINED_WINDOW)
         {
             self.admissions.pop_front();
         }
     }
 
-    /// Admissions per second; None until the window holds
+    /// Admissions per second over [`DRAIN_WINDOW`]; None until it holds
     /// [`MIN_ADMISSIONS`]. Over the whole window, not from its first
     /// admission: a queue that drained slowly for a while drains slowly.
     pub fn per_second(&mut self, now: Instant) -> Option<f64> {
         self.expire(now);
-        (self.admissions.len() >= MIN_ADMISSIONS)
-            .then(|| self.admissions.len() as f64 / DRAIN_WINDOW.as_secs_f64())
+        let recent = self
+            .admissions
+            .iter()
+            .rev()
+            .take_while(|&&at| now.saturating_duration_since(at) <= DRAIN_WINDOW)
+            .count();
+        (recent >= MIN_ADMISSIONS).then(|| recent as f64 / DRAIN_WINDOW.as_secs_f64())
+    }
+
+    /// The slower of [`Self::per_second`] and the rate over
+    /// [`SUSTAINED_WINDOW`], the latter counted from the oldest admission
+    /// it holds when that is younger (a load that began less than a minute
+    /// ago), but over no less than [`DRAIN_WINDOW`].
+    pub fn sustained_per_second(&mut self, now: Instant) -> Option<f64> {
+        let recent = self.per_second(now)?;
+        let oldest = *self.admissions.front()?;
+        let span = now
+            .saturating_duration_since(oldest)
+            .clamp(DRAIN_WINDOW, SUSTAINED_WINDOW);
+        Some(recent.min(self.admissions.len() as f64 / span.as_secs_f64()))
     }
 }
 
@@ -320,6 +348,47 @@ mod tests {
         assert_eq!(drain.per_second(start + Duration::from_secs(10)), Some(0.5));
         // Thirty seconds later the window is empty again.
         assert_eq!(drain.per_second(start + Duration::from_secs(40)), None);
+    }
+
+    #[test]
+    fn a_burst_of_admissions_counts_at_the_minutes_rate_not_the_last_20_s() {
+        let start = Instant::now();
+        let mut drain = DrainRate::default();
+        // One every 4 s for a minute (0.25/s), then ten in the last 3 s.
+        for second in (0..60).step_by(4) {
+            drain.record(start + Duration::from_secs(second));
+        }
+        for tenth in 0..10 {
+            drain.record(start + Duration::from_millis(57_000 + tenth * 300));
+        }
+        let now = start + Duration::from_secs(60);
+        // 20 s: five of the steady pace (40 s to 56 s) and the ten, 15 / 20.
+        assert_eq!(drain.per_second(now), Some(0.75));
+        // The minute: all 25 over 60 s.
+        let sustained = drain.sustained_per_second(now).unwrap();
+        assert!((sustained - 25.0 / 60.0).abs() < 1e-9, "{sustained}");
+    }
+
+    #[test]
+    fn a_load_younger_than_a_minute_counts_over_its_age_at_least_the_short_window() {
+        let start = Instant::now();
+        let mut drain = DrainRate::default();
+        for second in 0..30 {
+            drain.record(start + Duration::from_secs(second));
+        }
+        let now = start + Duration::from_secs(30);
+        // 20 s: 20 admissions, 1/s; its 30 s of age: 30 / 30, also 1/s.
+        assert_eq!(drain.per_second(now), Some(1.0));
+        assert_eq!(drain.sustained_per_second(now), Some(1.0));
+        // Faster for the last 20 s: the age-long rate is the slower.
+        for tenth in 0..10 {
+            drain.record(now + Duration::from_millis(tenth * 100));
+        }
+        let later = now + Duration::from_secs(1);
+        // 20 s: 19 of the steady pace (11 s to 29 s) and the ten.
+        assert_eq!(drain.per_second(later), Some(1.45));
+        let sustained = drain.sustained_per_second(later).unwrap();
+        assert!((sustained - 40.0 / 31.0).abs() < 1e-9, "{sustained}");
     }
 
     #[test]
