@@ -42,6 +42,9 @@ stop_server
   benchmarks/overload/summarize.py "$CAPACITY" "$OUT/interactive-alone.json" \
     "$OUT/interactive-beside-batch.json" "$OUT/batch-beside.json" 2>"$OUT/summary.json"
 } >"$OUT/summary.md"
+for log in "$OUT"/*.server.log; do
+  grep ' request ' "$log" | gzip >"${log%.server.log}.requests.log.gz" || true
+done
 rm -f "$OUT"/*.server.log "$OUT/batch.log"
 gzip -f "$OUT"/*.json 2>/dev/null || true
 gunzip -f "$OUT/summary.json.gz" 2>/dev/null || true

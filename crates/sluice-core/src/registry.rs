@@ -209,8 +209,8 @@ struct Record {
     arrived_at: Instant,
     state: AtomicU8,
     tokens: AtomicU64,
-    /// The admission permit, once admitted. Locked only at admission and
-    /// at the end, never per token.
+    /// The admission permit, once admitted. Locked only at admission, at
+    /// the first token and at the end, never per token.
     permit: Mutex<Option<Permit>>,
     /// Wakes the stream's admission wait when it ends (a cancel, shutdown),
     /// so it leaves the queue at once.
@@ -569,6 +569,9 @@ impl StreamHandle {
             None => {
                 self.telemetry.first_token_at = Some(now);
                 self.advance_at(Stage::Streaming, now);
+                if let Some(permit) = self.record.permit().as_mut() {
+                    permit.first_token();
+                }
                 None
             }
             Some(last) => {

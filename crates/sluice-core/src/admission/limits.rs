@@ -1,6 +1,6 @@
 //! Who may take a permit past the limit the governor sets: interactive
 //! requests by the places batch holds, and booked retries by an eighth of
-//! the limit. The limit itself is the governor's; these are the promises
+//! the limit until their first token. The limit itself is the governor's; these are the promises
 //! admission keeps under it.
 
 use std::sync::Arc;
@@ -35,7 +35,10 @@ impl Admission {
     }
 
     /// Booked retries at the front of their queue pass the limit, by at
-    /// most an eighth of it at a time and never past the baseline: their
+    /// most an eighth of it awaiting a first token at a time (counted per
+    /// stream, at 2x load the allowance was held for a stream's whole
+    /// 150 s and retries due after it waited 11-17 s) and never past the
+    /// baseline: their
     /// place was promised for now, and the governor may have lowered the
     /// limit since (first tokens running late), which would hold them
     /// behind streams admitted long before they came back, past their

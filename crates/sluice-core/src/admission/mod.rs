@@ -135,7 +135,8 @@ struct State {
     baseline: u32,
     /// Permits held by class ([`Priority::index`]).
     active_by_class: [u32; 2],
-    /// Permits held by booked retries admitted past the limit.
+    /// Permits taken past the limit by booked retries still awaiting
+    /// their first token.
     overdraft_active: u32,
     closed: bool,
     next_waiter: u64,
@@ -200,6 +201,17 @@ impl Permit {
 
     pub fn predicted_wait(&self) -> Option<Duration> {
         self.predicted_wait
+    }
+
+    /// Its stream has its first token: a permit taken past the limit stops
+    /// counting against the overdraft allowance, which bounds retries
+    /// waiting for their first token, not streams. It still counts as
+    /// running, so the limit holds fresh requests back until the streams
+    /// it passed have ended.
+    pub fn first_token(&mut self) {
+        if std::mem::take(&mut self.overdraft) {
+            self.admission.settle_overdraft();
+        }
     }
 }
 
@@ -570,6 +582,15 @@ impl Admission {
             if let Some(tenant_state) = state.tenants.get_mut(tenant) {
                 tenant_state.active -= 1;
             }
+            self.dispatch(&mut state)
+        };
+        send_grants(grants);
+    }
+
+    fn settle_overdraft(self: &Arc<Self>) {
+        let grants = {
+            let mut state = self.lock();
+            state.overdraft_active -= 1;
             self.dispatch(&mut state)
         };
         send_grants(grants);

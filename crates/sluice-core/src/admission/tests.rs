@@ -429,7 +429,7 @@ async fn booked_retries_keep_their_order_whenever_they_come_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn booked_retries_pass_a_lowered_limit_by_an_eighth_of_it() {
+async fn booked_retries_pass_a_lowered_limit_by_an_eighth_of_it_until_their_first_token() {
     // 16 running under a limit of 16 (baseline 32; 0.8 admissions per
     // second over the window), 3 queued.
     let admission = admission(32);
@@ -468,11 +468,27 @@ async fn booked_retries_pass_a_lowered_limit_by_an_eighth_of_it() {
     settle().await;
     assert_eq!(retries.iter().filter(|r| r.is_finished()).count(), 1);
     assert!(!fresh.is_finished());
-    // The retry past the limit ends: the next booked retry takes its turn.
+    // The retry past the limit has its first token: the allowance is for
+    // retries awaiting theirs, so the next booked retry passes too, while
+    // the stream runs on and the fresh request still waits.
     let mut retries = retries.into_iter();
-    let first = retries.next().unwrap().await.unwrap().unwrap();
+    let mut first = retries.next().unwrap().await.unwrap().unwrap();
+    first.first_token();
+    settle().await;
+    assert_eq!(admission.snapshot().active, 17);
+    assert_eq!(
+        retries
+            .as_slice()
+            .iter()
+            .filter(|r| r.is_finished())
+            .count(),
+        1
+    );
+    assert!(!fresh.is_finished());
+    // Its end releases one running permit, not the allowance again.
     drop(first);
     settle().await;
+    assert_eq!(admission.snapshot().active, 16);
     assert_eq!(retries.filter(|r| r.is_finished()).count(), 1);
     assert!(!fresh.is_finished());
     fresh.abort();

@@ -102,6 +102,7 @@ impl Pipeline {
             engine_stream,
             token_charge,
             queue,
+            urgency.priority,
         ))
     }
 
@@ -260,6 +261,7 @@ impl Pipeline {
         engine_stream: Option<GenerationStream>,
         token_charge: Option<TokenCharge>,
         queue: Duration,
+        priority: Priority,
     ) -> Generation {
         let prompt_tokens = prepared.prompt.len();
         let id = stream.request_id().to_owned();
@@ -273,6 +275,7 @@ impl Pipeline {
                 cohorts: vec![("prefix_cache", flags.prefix_cache.cohort)],
                 canaries: flags.canaries,
                 token_charge,
+                priority,
             },
         );
         Generation {

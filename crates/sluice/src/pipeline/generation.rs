@@ -322,6 +322,7 @@ pub(crate) fn scripted_with_limits(
             cohorts: Vec::new(),
             canaries: Vec::new(),
             token_charge: None,
+            priority: sluice_core::admission::Priority::Interactive,
         },
     );
     let generation = Generation {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_core::admission::TokenCharge;
+use sluice_core::admission::{Priority, TokenCharge};
 use sluice_core::flags::Cohort;
 use sluice_core::registry::{EndReason, Stage, StreamHandle};
 use sluice_engine::{EngineTimings, FinishReason, Usage};
@@ -68,6 +68,8 @@ pub struct RequestInfo {
     pub canaries: Vec<(&'static str, Cohort)>,
     /// Tokens taken from the tenant's token bucket, settled at the end.
     pub token_charge: Option<TokenCharge>,
+    /// Its class, for the log line.
+    pub priority: Priority,
 }
 
 pub struct RequestObserver {
@@ -78,6 +80,7 @@ pub struct RequestObserver {
     /// When admission granted the stream its permit (or, for an answer that
     /// needed none, when it started).
     admitted_at: Instant,
+    priority: Priority,
     prompt_tokens: usize,
     cohorts: Vec<(&'static str, Cohort)>,
     qos: QosTags,
@@ -107,6 +110,7 @@ impl RequestObserver {
             stream,
             endpoint: request.endpoint,
             admitted_at,
+            priority: request.priority,
             prompt_tokens: request.prompt_tokens,
             cohorts: request.cohorts,
             qos,
@@ -223,6 +227,7 @@ impl Drop for RequestObserver {
             tenant = %self.stream.tenant(),
             protocol = self.stream.protocol().as_str(),
             endpoint = self.endpoint,
+            priority = self.priority.as_str(),
             cohorts = %CohortList(&self.cohorts),
             prompt_tokens = self.prompt_tokens,
             completion_tokens = self.completion_tokens,
