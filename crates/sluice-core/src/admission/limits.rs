@@ -1,6 +1,6 @@
 //! Who may take a permit past the limit the governor sets: interactive
-//! requests by the places batch holds, and booked retries by an eighth of
-//! the limit until their first token. The limit itself is the governor's; these are the promises
+//! requests by the places batch holds, and booked retries by two awaiting
+//! their first token. The limit itself is the governor's; these are the promises
 //! admission keeps under it.
 
 use std::sync::Arc;
@@ -8,9 +8,13 @@ use std::sync::Arc;
 use super::queue::Waiter;
 use super::{Admission, Grants, Priority, State};
 
-/// Booked retries may pass the limit by `limit / BOOKED_OVERDRAFT_SHARE`
-/// permits ([`Admission::dispatch_booked_overdraft`]).
-const BOOKED_OVERDRAFT_SHARE: u32 = 8;
+/// Booked retries awaiting their first token past the limit at a time
+/// ([`Admission::dispatch_booked_overdraft`]). The engine prefills prompts
+/// in admission order, so each one more waits a whole prefill longer (at
+/// 2x load an eighth of a limit of 60, seven, left the last retries of a
+/// burst 10-13 s from admission to first token); counted until the first
+/// token, two pass as fast as the engine turns prompts into first tokens.
+const BOOKED_OVERDRAFT: u32 = 2;
 
 impl Admission {
     /// The permits held in all that a class may take one more under. Batch
@@ -34,8 +38,8 @@ impl Admission {
         }
     }
 
-    /// Booked retries at the front of their queue pass the limit, by at
-    /// most an eighth of it awaiting a first token at a time (counted per
+    /// Booked retries at the front of their queue pass the limit, at most
+    /// [`BOOKED_OVERDRAFT`] awaiting a first token at a time (counted per
     /// stream, at 2x load the allowance was held for a stream's whole
     /// 150 s and retries due after it waited 11-17 s) and never past the
     /// baseline: their
@@ -49,9 +53,8 @@ impl Admission {
         state: &mut State,
         grants: &mut Grants,
     ) {
-        let allowance = state.limit / BOOKED_OVERDRAFT_SHARE;
         let ceiling = state.baseline.max(state.limit);
-        while state.overdraft_active < allowance && state.active() < ceiling {
+        while state.overdraft_active < BOOKED_OVERDRAFT && state.active() < ceiling {
             let booked = |waiter: &Waiter| !waiter.place.fresh;
             let Some(grant) = self.admit_next(state, Priority::Interactive, true, booked) else {
                 break;

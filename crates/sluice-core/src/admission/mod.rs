@@ -275,10 +275,13 @@ impl Admission {
         }
     }
 
-    /// Admissions per second lately (the rate the queue drains); None
+    /// Admissions per second lately (the rate the queue drains: the slower
+    /// of the last 20 s and the last minute, as shedding counts it); None
     /// until measured.
     pub fn drain_per_second(&self) -> Option<f64> {
-        self.lock().drain.per_second(Instant::now().into_std())
+        self.lock()
+            .drain
+            .sustained_per_second(Instant::now().into_std())
     }
 
     /// Sets the time an admitted stream takes to its first token, which

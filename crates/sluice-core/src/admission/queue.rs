@@ -68,7 +68,7 @@ pub(super) fn retry_after(state: &mut State) -> Duration {
     let now = Instant::now().into_std();
     let seconds = state
         .drain
-        .per_second(now)
+        .sustained_per_second(now)
         .map_or(MIN_RETRY_AFTER.as_secs_f64(), |rate| {
             (state.queued as f64 + 1.0) / rate
         });
