@@ -23,7 +23,10 @@
 //! decodes and ready interactive prompts leave (those that sat out longest
 //! first, and none more than [`MAX_BATCH_STEPS_SITTING_OUT`] steps in a
 //! row), and batch prompts prefill only from what is left, without the
-//! prefill floor. With no interactive work, batch runs as any other.
+//! prefill floor. The cap for mixed classes bounds batch work, not the
+//! interactive work itself: a step grows to the interactive decodes and
+//! prompt tokens ready, within what the governor asks. With no
+//! interactive work, batch runs as any other.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -215,8 +218,14 @@ pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
             interactive_work = true;
         }
     }
-    plan.mixed = has_several_tenants(&input.slots) || (interactive_work && batch_work);
+    let several_tenants = has_several_tenants(&input.slots);
+    plan.mixed = several_tenants || (interactive_work && batch_work);
     plan.budget = step_budget(&input.budget, plan.mixed || input.mixed_last_step);
+    if !several_tenants && interactive_work {
+        plan.budget = plan
+            .budget
+            .max(interactive_step(input).min(uncapped(&input.budget)));
+    }
     // Shares are counted only when a prompt waits (an empty map does not
     // allocate), so decode-only steps pay nothing.
     let prompts_wait = input.slots.iter().any(|slot| ready_prompt(slot).is_some());
@@ -396,16 +405,42 @@ fn plan_preps(input: &StepInput, plan: &mut StepPlan) {
 /// The step budget: what the governor asks, within the floor and the
 /// ceiling, capped while tenants mix.
 fn step_budget(budget: &Budget, mixed: bool) -> u32 {
-    // Not `clamp`, which panics should the floor exceed the ceiling.
-    let clamped = budget
-        .requested
-        .min(budget.ceiling)
-        .max(budget.min_prefill_chunk);
+    let clamped = uncapped(budget);
     if mixed && budget.mixed_step_cap > 0 {
         clamped.min(budget.mixed_step_cap)
     } else {
         clamped
     }
+}
+
+/// What the governor asks, within the floor and the ceiling.
+fn uncapped(budget: &Budget) -> u32 {
+    // Not `clamp`, which panics should the floor exceed the ceiling.
+    budget
+        .requested
+        .min(budget.ceiling)
+        .max(budget.min_prefill_chunk)
+}
+
+/// Interactive decodes and the interactive prompt tokens ready: the step
+/// an interactive prompt needs. The cap for mixed classes bounds what a new
+/// interactive prompt waits for batch work; a step that prefills an
+/// interactive prompt holds batch work only within the cap, and a prompt
+/// arriving meanwhile would wait for this one's prefill anyway (prompts go
+/// in admission order). Capped too, a ~150-token prompt beside a batch
+/// flood took 2-3 steps where alone it takes 1-2: TTFT 2.1x alone
+/// (benchmarks/results/2026-12-06-34bec31c9028-priority).
+fn interactive_step(input: &StepInput) -> u32 {
+    let tokens: usize = input
+        .slots
+        .iter()
+        .filter(|slot| !slot.batch)
+        .map(|slot| match slot.phase {
+            Phase::Decoding => 1,
+            _ => ready_prompt(slot).map_or(0, |(prefilled, len)| len - prefilled),
+        })
+        .sum();
+    u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 
 fn has_several_tenants(slots: &[SlotInput]) -> bool {
@@ -713,6 +748,41 @@ mod tests {
         assert_eq!(shared.tokens(), 16);
         assert!(interactive.iter().all(|slot| shared.decodes.contains(slot)));
         assert_eq!(shared.batch_sitting_out.len(), 40 - 14);
+    }
+
+    #[test]
+    fn an_interactive_prompt_beside_batch_gets_the_step_it_needs_batch_the_cap() {
+        let mut input = engine(128);
+        input.budget.mixed_step_cap = 16;
+        let batch = decoding(&mut input, LIGHT, 40);
+        as_batch(&mut input, &batch);
+        let interactive = decoding(&mut input, LIGHT, 2);
+        let long = prompt(&mut input, LIGHT, 100);
+        let step = plan(&input);
+        // The 2 decodes and the whole prompt in one step, as without batch;
+        // every batch decode sits out.
+        assert_eq!(step.budget, 102);
+        assert_eq!(step.prefills, [chunk(long, 0..100)]);
+        assert!(interactive.iter().all(|slot| step.decodes.contains(slot)));
+        assert_eq!(step.batch_sitting_out.len(), 40);
+        // A short one: the step is the cap, batch decodes in what is left.
+        input.slots[long].phase = Phase::Prefilling {
+            prefilled: 95,
+            prompt_len: 100,
+            awaiting_copy: false,
+        };
+        let last = plan(&input);
+        assert_eq!(last.budget, 16);
+        assert_eq!(last.prefills, [chunk(long, 95..100)]);
+        assert_eq!(last.tokens(), 16);
+        // Never past what the governor asks.
+        input.budget.requested = 64;
+        input.slots[long].phase = Phase::Prefilling {
+            prefilled: 0,
+            prompt_len: 100,
+            awaiting_copy: false,
+        };
+        assert_eq!(plan(&input).budget, 64);
     }
 
     #[test]
