@@ -24,6 +24,7 @@
 
 mod charge;
 mod limits;
+mod permit;
 mod queue;
 pub mod shed;
 mod urgency;
@@ -37,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::rate::TokenBucket;
 pub use charge::{TokenCharge, TokenLedger};
+pub use permit::Permit;
 use queue::{QueueExit, QueuePlace, Waiter, min_backlogged_virtual, queued_ahead, retry_after};
 use shed::{Arrival, Bookings, DrainRate, Verdict};
 pub use urgency::{Priority, Urgency};
@@ -173,53 +175,6 @@ pub struct AdmissionSnapshot {
 pub struct Admission {
     state: Mutex<State>,
     limits: AdmissionLimits,
-}
-
-/// The right to run one stream. Released on drop, exactly once.
-pub struct Permit {
-    admission: Arc<Admission>,
-    tenant: String,
-    class: Priority,
-    /// The wait shedding predicted for it, when it could.
-    predicted_wait: Option<Duration>,
-    /// Admitted past the limit as a booked retry.
-    overdraft: bool,
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit")
-            .field("tenant", &self.tenant)
-            .finish()
-    }
-}
-
-impl Permit {
-    pub fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    pub fn predicted_wait(&self) -> Option<Duration> {
-        self.predicted_wait
-    }
-
-    /// Its stream has its first token: a permit taken past the limit stops
-    /// counting against the overdraft allowance, which bounds retries
-    /// waiting for their first token, not streams. It still counts as
-    /// running, so the limit holds fresh requests back until the streams
-    /// it passed have ended.
-    pub fn first_token(&mut self) {
-        if std::mem::take(&mut self.overdraft) {
-            self.admission.settle_overdraft();
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.admission
-            .release(&self.tenant, self.class, self.overdraft);
-    }
 }
 
 /// Grants computed under the lock, sent after it is released: a grant whose
