@@ -63,26 +63,25 @@ pub const MAX_BOOKINGS: usize = 1024;
 /// near the front and fresh requests take what is left.
 pub const BOOKING_PACE: f64 = 0.8;
 
-/// Admissions per second over [`DRAIN_WINDOW`] and [`SUSTAINED_WINDOW`].
+/// Admissions per second over [`DRAIN_WINDOW`] and [`SUSTAINED_WINDOW`]:
+/// one queue of admission times per window, so each read and each record
+/// costs O(1) amortised whatever the admission rate.
 #[derive(Debug, Default)]
 pub struct DrainRate {
-    admissions: VecDeque<Instant>,
+    recent: VecDeque<Instant>,
+    sustained: VecDeque<Instant>,
 }
 
 impl DrainRate {
     pub fn record(&mut self, now: Instant) {
-        self.admissions.push_back(now);
+        self.recent.push_back(now);
+        self.sustained.push_back(now);
         self.expire(now);
     }
 
     fn expire(&mut self, now: Instant) {
-        while self
-            .admissions
-            .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) > SUSTAINED_WINDOW)
-        {
-            self.admissions.pop_front();
-        }
+        expire(&mut self.recent, now, DRAIN_WINDOW);
+        expire(&mut self.sustained, now, SUSTAINED_WINDOW);
     }
 
     /// Admissions per second over [`DRAIN_WINDOW`]; None until it holds
@@ -90,12 +89,7 @@ impl DrainRate {
     /// admission: a queue that drained slowly for a while drains slowly.
     pub fn per_second(&mut self, now: Instant) -> Option<f64> {
         self.expire(now);
-        let recent = self
-            .admissions
-            .iter()
-            .rev()
-            .take_while(|&&at| now.saturating_duration_since(at) <= DRAIN_WINDOW)
-            .count();
+        let recent = self.recent.len();
         (recent >= MIN_ADMISSIONS).then(|| recent as f64 / DRAIN_WINDOW.as_secs_f64())
     }
 
@@ -105,11 +99,21 @@ impl DrainRate {
     /// ago), but over no less than [`DRAIN_WINDOW`].
     pub fn sustained_per_second(&mut self, now: Instant) -> Option<f64> {
         let recent = self.per_second(now)?;
-        let oldest = *self.admissions.front()?;
+        let oldest = *self.sustained.front()?;
         let span = now
             .saturating_duration_since(oldest)
             .clamp(DRAIN_WINDOW, SUSTAINED_WINDOW);
-        Some(recent.min(self.admissions.len() as f64 / span.as_secs_f64()))
+        Some(recent.min(self.sustained.len() as f64 / span.as_secs_f64()))
+    }
+}
+
+/// Drops the times older than `window`.
+fn expire(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while times
+        .front()
+        .is_some_and(|&at| now.saturating_duration_since(at) > window)
+    {
+        times.pop_front();
     }
 }
 
