@@ -86,6 +86,12 @@ pub struct EngineConfig {
     /// so its length is what another tenant's new prompt may wait before
     /// its prefill starts. 0: no cap.
     pub mixed_step_token_budget: u32,
+    /// Most batch-class tokens (decodes and prompt chunks) one step takes
+    /// while interactive sequences are in the engine: a step cannot be cut
+    /// short, so this bounds what an interactive prompt arriving waits for
+    /// batch work. Batch decodes beyond it take turns. 0: only
+    /// `mixed_step_token_budget` bounds it.
+    pub batch_step_token_budget: u32,
     /// Threads llama.cpp computes with; 0 means one per available core.
     pub threads: u32,
     /// Events buffered between the engine and one client's writer. A client
@@ -204,6 +210,7 @@ impl Default for EngineConfig {
             max_step_token_budget: 512,
             min_prefill_chunk: 16,
             mixed_step_token_budget: 64,
+            batch_step_token_budget: 32,
             threads: 0,
             stream_buffer_events: 64,
             max_park_ms: 30_000,

@@ -81,6 +81,7 @@ impl Pool {
             ),
             ceiling: self.config.step_budget_ceiling(),
             mixed_step_cap: self.config.mixed_step_token_budget,
+            batch_step_cap: self.config.batch_step_token_budget,
             prep_tokens_per_step: self.config.prep_tokens_per_step,
         };
         input.mixed_last_step = self.mixed_last_step;

@@ -19,14 +19,17 @@
 //! interactive) new prompt waits.
 //!
 //! Batch sequences yield to interactive ones: while an interactive sequence
-//! is in the engine, batch decodes take only the budget that interactive
-//! decodes and ready interactive prompts leave (those that sat out longest
-//! first, and none more than [`MAX_BATCH_STEPS_SITTING_OUT`] steps in a
-//! row), and batch prompts prefill only from what is left, without the
-//! prefill floor. The cap for mixed classes bounds batch work, not the
-//! interactive work itself: a step grows to the interactive decodes and
-//! prompt tokens ready, within what the governor asks. With no
-//! interactive work, batch runs as any other.
+//! is in the engine, batch work (decodes, those that sat out longest
+//! first, then prompt chunks, without the prefill floor) takes only what
+//! interactive decodes leave of the budget, at most
+//! `engine.batch_step_token_budget` tokens, and none while an interactive
+//! prompt is ready; no batch decode sits out more than
+//! [`MAX_BATCH_STEPS_SITTING_OUT`] steps in a row. A step cannot be cut
+//! short, so batch work in it is what an interactive prompt arriving waits
+//! for, and a prompt's prefill steps carry no batch work beside it. The
+//! caps bound batch work, not the interactive work itself: a step grows to
+//! the interactive decodes and prompt tokens ready, within what the
+//! governor asks. With no interactive work, batch runs as any other.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -100,6 +103,8 @@ pub(super) struct Budget {
     /// The step budget's cap while more than one tenant has sequences; 0:
     /// no cap.
     pub mixed_step_cap: u32,
+    /// Most batch tokens per step beside interactive work; 0: no cap.
+    pub batch_step_cap: u32,
     /// Most KV-prep tokens per step.
     pub prep_tokens_per_step: u32,
 }
@@ -147,6 +152,8 @@ pub(super) struct StepPlan {
     /// Batch decodes beside interactive work: (steps sat out, longest
     /// first; slot).
     batch_decodes: Vec<(std::cmp::Reverse<u8>, usize)>,
+    /// Batch tokens this step may still take beside interactive work.
+    batch_room: usize,
     running_preps: Vec<RunningPrep>,
 }
 
@@ -201,6 +208,7 @@ impl StepPlan {
         self.preps.clear();
         self.prompts.clear();
         self.batch_decodes.clear();
+        self.batch_room = 0;
         self.running_preps.clear();
     }
 }
@@ -242,7 +250,7 @@ pub(super) fn plan_step(input: &StepInput, plan: &mut StepPlan) {
 /// Every unparked decode runs, but while a below-share prompt waits, the
 /// decodes of above-share tenants sit out (unless they sat out the last
 /// [`MAX_STEPS_SITTING_OUT`] steps); and while interactive work is in the
-/// engine, batch decodes run only within the budget it leaves.
+/// engine, batch decodes run only within the batch room ([`batch_room`]).
 fn plan_decodes(
     input: &StepInput,
     shares: &TenantShares<'_>,
@@ -269,24 +277,15 @@ fn plan_decodes(
             plan.decodes.push(slot.slot);
         }
     }
-    if plan.batch_decodes.is_empty() {
+    if !interactive_work {
         return;
     }
-    let interactive_prompts: usize = input
-        .slots
-        .iter()
-        .filter(|slot| !slot.batch)
-        .filter_map(ready_prompt)
-        .map(|(prefilled, prompt_len)| prompt_len - prefilled)
-        .sum();
-    let mut room = (plan.budget as usize)
-        .saturating_sub(plan.decodes.len())
-        .saturating_sub(interactive_prompts);
+    plan.batch_room = batch_room(input, plan);
     // Longest sat out first, so every batch stream moves in turn.
     plan.batch_decodes.sort_unstable();
     for &(std::cmp::Reverse(steps_sat_out), slot) in &plan.batch_decodes {
-        if room > 0 || steps_sat_out >= MAX_BATCH_STEPS_SITTING_OUT {
-            room = room.saturating_sub(1);
+        if plan.batch_room > 0 || steps_sat_out >= MAX_BATCH_STEPS_SITTING_OUT {
+            plan.batch_room = plan.batch_room.saturating_sub(1);
             plan.decodes.push(slot);
         } else {
             plan.batch_sitting_out.push(slot);
@@ -340,11 +339,12 @@ fn plan_prefills(
         if sat_out > 0 && !prompt.below_share {
             continue;
         }
-        // A batch prompt beside interactive work takes only what is left,
-        // not the floor.
-        let allowance = if prompt.batch && interactive_work {
+        // A batch prompt beside interactive work takes only what is left
+        // of the batch room, not the floor.
+        let batch_beside_interactive = prompt.batch && interactive_work;
+        let allowance = if batch_beside_interactive {
             let used = start - budget;
-            unfloored.saturating_sub(used)
+            unfloored.saturating_sub(used).min(plan.batch_room)
         } else {
             budget
         };
@@ -357,6 +357,9 @@ fn plan_prefills(
             tokens: prompt.prefilled..end,
         });
         budget -= end - prompt.prefilled;
+        if batch_beside_interactive {
+            plan.batch_room -= end - prompt.prefilled;
+        }
     }
 }
 
@@ -443,6 +446,27 @@ fn interactive_step(input: &StepInput) -> u32 {
     u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 
+/// Batch tokens a step may take beside interactive work: none while an
+/// interactive prompt is ready (its prefill steps are then as short as
+/// alone: a 2-step prompt beside ~40 batch decodes took 1.2-1.6 s against
+/// ~0.9 s alone, benchmarks/results/2026-12-06-ccd0c05c9b31-priority),
+/// otherwise what interactive decodes leave of the budget, at most the
+/// batch cap.
+fn batch_room(input: &StepInput, plan: &StepPlan) -> usize {
+    let interactive_prompt_ready = input
+        .slots
+        .iter()
+        .any(|slot| !slot.batch && ready_prompt(slot).is_some());
+    if interactive_prompt_ready {
+        return 0;
+    }
+    let room = (plan.budget as usize).saturating_sub(plan.decodes.len());
+    match input.budget.batch_step_cap {
+        0 => room,
+        cap => room.min(cap as usize),
+    }
+}
+
 fn has_several_tenants(slots: &[SlotInput]) -> bool {
     let mut tenants = slots.iter().map(|slot| &*slot.tenant);
     tenants
@@ -502,7 +526,7 @@ mod tests {
     const LIGHT: &str = "light";
 
     /// An engine with the governor asking for `requested` tokens a step, a
-    /// prefill floor of 4, no mixed-tenant cap and no KV prep.
+    /// prefill floor of 4, no mixed-tenant or batch cap and no KV prep.
     fn engine(requested: u32) -> StepInput {
         StepInput {
             budget: Budget {
@@ -510,6 +534,7 @@ mod tests {
                 min_prefill_chunk: 4,
                 ceiling: 512,
                 mixed_step_cap: 0,
+                batch_step_cap: 0,
                 prep_tokens_per_step: 0,
             },
             ..StepInput::default()
@@ -765,7 +790,9 @@ mod tests {
         assert_eq!(step.prefills, [chunk(long, 0..100)]);
         assert!(interactive.iter().all(|slot| step.decodes.contains(slot)));
         assert_eq!(step.batch_sitting_out.len(), 40);
-        // A short one: the step is the cap, batch decodes in what is left.
+        // Its last chunk: the step is the cap, but batch decodes still sit
+        // out while an interactive prompt is ready, so the step that ends
+        // its prefill is as short as alone.
         input.slots[long].phase = Phase::Prefilling {
             prefilled: 95,
             prompt_len: 100,
@@ -774,7 +801,8 @@ mod tests {
         let last = plan(&input);
         assert_eq!(last.budget, 16);
         assert_eq!(last.prefills, [chunk(long, 95..100)]);
-        assert_eq!(last.tokens(), 16);
+        assert_eq!(last.tokens(), 2 + 5);
+        assert_eq!(last.batch_sitting_out.len(), 40);
         // Never past what the governor asks.
         input.budget.requested = 64;
         input.slots[long].phase = Phase::Prefilling {
@@ -783,6 +811,33 @@ mod tests {
             awaiting_copy: false,
         };
         assert_eq!(plan(&input).budget, 64);
+    }
+
+    #[test]
+    fn batch_work_beside_interactive_streams_stays_within_the_batch_cap() {
+        let mut input = engine(128);
+        input.budget.mixed_step_cap = 64;
+        input.budget.batch_step_cap = 16;
+        let batch = decoding(&mut input, LIGHT, 40);
+        let batch_prompt = prompt(&mut input, LIGHT, 50);
+        as_batch(&mut input, &[batch.as_slice(), &[batch_prompt]].concat());
+        let only_batch = plan(&input);
+        assert_eq!(only_batch.decodes, batch, "no interactive work: no cap");
+        assert_eq!(only_batch.tokens(), 40 + 50);
+        let interactive = decoding(&mut input, LIGHT, 2);
+        let shared = plan(&input);
+        // The 2 interactive decodes and 16 batch ones, where the mixed cap
+        // alone would let batch take 62: an interactive prompt arriving
+        // waits for a step a quarter as long.
+        assert_eq!(shared.tokens(), 2 + 16);
+        assert!(interactive.iter().all(|slot| shared.decodes.contains(slot)));
+        assert_eq!(shared.batch_sitting_out.len(), 40 - 16);
+        assert!(shared.prefills.is_empty(), "the batch prompt: no room left");
+        // With the batch decodes parked, the room goes to the batch prompt.
+        for &slot in &batch {
+            input.slots[slot].phase = Phase::Parked;
+        }
+        assert_eq!(plan(&input).prefills, [chunk(batch_prompt, 0..16)]);
     }
 
     #[test]
