@@ -64,3 +64,14 @@ stop_server() {
 machine_line() {
   echo "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
 }
+
+# Server flags and run-name part for a governor config name: on (the
+# default config), off (governor-off.yaml: fixed limit, no shedding), or
+# any other benchmarks/governor/<name>.yaml.
+governor_config() {
+  case $1 in
+    on) GOVERNOR_FLAGS=() GOVERNOR_NAME=governor-on ;;
+    off) GOVERNOR_FLAGS=(--config benchmarks/governor/governor-off.yaml) GOVERNOR_NAME=governor-off ;;
+    *) GOVERNOR_FLAGS=(--config "benchmarks/governor/$1.yaml") GOVERNOR_NAME=$1 ;;
+  esac
+}

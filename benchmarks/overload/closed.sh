@@ -34,10 +34,9 @@ for scenario in ${SCENARIOS:-chat-c32 capacity-c75}; do
   # shellcheck source=/dev/null
   source "benchmarks/streaming/$scenario.scenario"
   for config in ${CONFIGS:-on off}; do
-    name="$scenario-governor-$config"
-    flags=()
-    [ "$config" = off ] && flags=(--config benchmarks/governor/governor-off.yaml)
-    start_server "$PORT" "$OUT/$name.server.log" "${flags[@]}"
+    governor_config "$config"
+    name="$scenario-$GOVERNOR_NAME"
+    start_server "$PORT" "$OUT/$name.server.log" "${GOVERNOR_FLAGS[@]}"
     "$BENCH" run --url "$URL" --server-pid "$SERVER_PID" --scrape-gauge sluice:governor_active_limit \
       "${ARGS[@]}" --follow-retry-after --name "$name" --out "$OUT"
     stop_server
@@ -50,7 +49,7 @@ done
   echo
   echo "- machine: $(machine_line)"
   echo "- commit: $(git rev-parse --short=12 HEAD)"
-  echo "- command: ${SCENARIOS:+SCENARIOS=\"$SCENARIOS\" }benchmarks/overload/closed.sh"
+  echo "- command: ${CAPACITY:+CAPACITY=$CAPACITY }${CONFIGS:+CONFIGS=\"$CONFIGS\" }${SCENARIOS:+SCENARIOS=\"$SCENARIOS\" }benchmarks/overload/closed.sh"
   echo
   benchmarks/summarize.py "${REPORTS[@]}"
   echo

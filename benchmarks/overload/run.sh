@@ -4,7 +4,8 @@
 # governor-off.yaml: fixed limit, no shedding). Clients follow Retry-After
 # once. Capacity: completed requests per second of a closed loop of 32
 # streams with the same requests (2.5 minutes), unless CAPACITY (req/s) is
-# given. RATES: the multiples (default "0.5 1 1.5 2"); CONFIGS: "on off";
+# given. RATES: the multiples (default "0.5 1 1.5 2"); CONFIGS: "on off"
+# (another name runs with benchmarks/governor/<name>.yaml);
 # DURATION: seconds per run (default 300). About 45 minutes for all.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,10 +40,9 @@ REPORTS=()
 for multiple in ${RATES:-0.5 1 1.5 2}; do
   rate=$(python3 -c "print(round($multiple * $CAPACITY, 4))")
   for config in ${CONFIGS:-on off}; do
-    name="open-${multiple}x-governor-$config"
-    flags=()
-    [ "$config" = off ] && flags=(--config benchmarks/governor/governor-off.yaml)
-    start_server "$PORT" "$OUT/$name.server.log" "${flags[@]}"
+    governor_config "$config"
+    name="open-${multiple}x-$GOVERNOR_NAME"
+    start_server "$PORT" "$OUT/$name.server.log" "${GOVERNOR_FLAGS[@]}"
     "$BENCH" run --url "$URL" --server-pid "$SERVER_PID" --scrape-gauge sluice:governor_active_limit \
       "${REQUEST[@]}" --rate "$rate" --max-in-flight 512 --duration "$DURATION" --warmup 30 \
       --follow-retry-after --seed 7 --name "$name" --out "$OUT"
@@ -58,7 +58,7 @@ done
   echo
   echo "- machine: $(machine_line)"
   echo "- commit: $(git rev-parse --short=12 HEAD)"
-  echo "- command: ${CAPACITY:+CAPACITY=$CAPACITY }${RATES:+RATES=\"$RATES\" }${DURATION:+DURATION=$DURATION }benchmarks/overload/run.sh"
+  echo "- command: ${CAPACITY:+CAPACITY=$CAPACITY }${CONFIGS:+CONFIGS=\"$CONFIGS\" }${RATES:+RATES=\"$RATES\" }${DURATION:+DURATION=$DURATION }benchmarks/overload/run.sh"
   echo
   benchmarks/overload/summarize.py "$CAPACITY" "${REPORTS[@]}" 2>"$OUT/summary.json"
 } >"$OUT/summary.md"
