@@ -2,7 +2,8 @@
 # Priority: interactive requests at 0.3× capacity alone, then beside a batch
 # flood at 2× capacity (`priority: batch`), both open loop from two clients.
 # CAPACITY (req/s, from run.sh's closed loop) is required; DURATION seconds
-# per run (default 180). About 7 minutes.
+# per run (default 180); CONFIG: a benchmarks/governor/<name>.yaml both
+# servers run with (default: the default config). About 7 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/lib.sh
@@ -18,12 +19,13 @@ REQUEST=(--api chat --prompt-words 115 --prompt-spread 20 --max-tokens 128 --ign
 interactive_rate=$(python3 -c "print(round(0.3 * $CAPACITY, 4))")
 batch_rate=$(python3 -c "print(round(2 * $CAPACITY, 4))")
 
-start_server "$PORT" "$OUT/alone.server.log"
+governor_config "${CONFIG:-on}"
+start_server "$PORT" "$OUT/alone.server.log" "${GOVERNOR_FLAGS[@]}"
 "$BENCH" run --url "$URL" "${REQUEST[@]}" --rate "$interactive_rate" --duration "$DURATION" \
   --seed 11 --name interactive-alone --out "$OUT"
 stop_server
 
-start_server "$PORT" "$OUT/mixed.server.log"
+start_server "$PORT" "$OUT/mixed.server.log" "${GOVERNOR_FLAGS[@]}"
 "$BENCH" run --url "$URL" "${REQUEST[@]}" --rate "$batch_rate" --duration "$DURATION" \
   --priority batch --seed 12 --name batch-beside --out "$OUT" >"$OUT/batch.log" 2>&1 &
 batch=$!
@@ -37,7 +39,7 @@ stop_server
   echo
   echo "- machine: $(machine_line)"
   echo "- commit: $(git rev-parse --short=12 HEAD)"
-  echo "- command: CAPACITY=$CAPACITY ${DURATION:+DURATION=$DURATION }benchmarks/overload/priority.sh"
+  echo "- command: CAPACITY=$CAPACITY ${CONFIG:+CONFIG=$CONFIG }${DURATION:+DURATION=$DURATION }benchmarks/overload/priority.sh"
   echo
   benchmarks/overload/summarize.py "$CAPACITY" "$OUT/interactive-alone.json" \
     "$OUT/interactive-beside-batch.json" "$OUT/batch-beside.json" 2>"$OUT/summary.json"
