@@ -329,9 +329,9 @@ fn plan_prefills(
     });
     let sat_out = plan.sitting_out.len() as u32;
     let decodes = plan.decodes.len() as u32;
-    let unfloored = (plan.budget + sat_out).saturating_sub(decodes) as usize;
-    let start = unfloored.max(input.budget.min_prefill_chunk as usize);
-    let mut budget = start;
+    let mut budget = (plan.budget + sat_out)
+        .saturating_sub(decodes)
+        .max(input.budget.min_prefill_chunk) as usize;
     for prompt in &plan.prompts {
         if budget == 0 {
             break;
@@ -340,11 +340,11 @@ fn plan_prefills(
             continue;
         }
         // A batch prompt beside interactive work takes only what is left
-        // of the batch room, not the floor.
+        // of the batch room (within what the decodes and the prompts
+        // before it leave), not the floor.
         let batch_beside_interactive = prompt.batch && interactive_work;
         let allowance = if batch_beside_interactive {
-            let used = start - budget;
-            unfloored.saturating_sub(used).min(plan.batch_room)
+            plan.batch_room
         } else {
             budget
         };
