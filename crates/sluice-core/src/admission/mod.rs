@@ -95,7 +95,8 @@ pub enum Rejection {
         tokens_per_minute: u32,
     },
     /// Its predicted first token misses its deadline; `retry_after` is when
-    /// its place would meet it, held for it when `booked`.
+    /// the queue ahead of it will have drained, its place held for it when
+    /// `booked`.
     Shed {
         retry_after: Duration,
         predicted_wait: Duration,

@@ -355,12 +355,11 @@ async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_ha
     let started = Instant::now();
     let rejection = admission.acquire_with("a", due_in(5, 7)).await.unwrap_err();
     assert_eq!(started.elapsed(), Duration::ZERO, "answered at once");
-    // 1 place ahead meets the deadline ((1 + 1) / 0.5 + 1 <= 5): two of
-    // the three must drain first, 4 s, counted at the booking pace: 5 s.
+    // The three ahead drain first, 6 s, counted at the booking pace: 8 s.
     assert_eq!(
         rejection,
         Rejection::Shed {
-            retry_after: Duration::from_secs(5),
+            retry_after: Duration::from_secs(8),
             predicted_wait: Duration::from_secs(8),
             booked: true,
         }
@@ -375,7 +374,7 @@ async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_ha
     settle().await;
     // When the client comes back as told, its place is held for it though
     // a stranger arriving with it is shed: the booking counts as queued.
-    tokio::time::advance(Duration::from_secs(5)).await;
+    tokio::time::advance(Duration::from_secs(8)).await;
     let _ahead: Vec<_> = (0..3)
         .map(|_| spawn_acquire(&admission, "a", Urgency::default()))
         .collect();
@@ -411,7 +410,7 @@ async fn booked_retries_keep_their_order_whenever_they_come_back() {
     settle().await;
     // Both due; the one booked first comes back first and queues with a
     // number after the other's place, which must not put the other ahead.
-    tokio::time::advance(Duration::from_secs(10)).await;
+    tokio::time::advance(Duration::from_secs(13)).await;
     let early = spawn_acquire(&admission, "a", due_in(5, 7));
     settle().await;
     let late = spawn_acquire(&admission, "a", due_in(5, 8));
@@ -451,7 +450,7 @@ async fn booked_retries_pass_a_lowered_limit_two_at_a_time_until_their_first_tok
     settle().await;
     // The governor lowers the limit to 12; the retries come back when due.
     admission.set_limit(12);
-    tokio::time::advance(Duration::from_secs(5)).await;
+    tokio::time::advance(Duration::from_secs(8)).await;
     let mut retries: Vec<_> = [7, 8, 9]
         .into_iter()
         .map(|key| spawn_acquire(&admission, "a", due_in(5, key)))
