@@ -354,7 +354,8 @@ impl Admission {
                 let booked = state.bookings.held_for_others(urgency.retry_key, now);
                 let arrival = Arrival {
                     must_wait,
-                    ahead: ahead + booked,
+                    queued_ahead: ahead,
+                    booked,
                     drain_per_second: state.drain.sustained_per_second(now),
                     service: state.service,
                     deadline: urgency.deadline,
