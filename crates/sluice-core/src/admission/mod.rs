@@ -342,8 +342,9 @@ impl Admission {
             let tenant_state = state.tenants.entry(tenant.to_owned()).or_default();
             let tenant_has_room = tenant_state.active < policy.max_concurrent;
             let ahead = queued_ahead(&state, class);
-            let class_limit = self.class_limit(&state, class);
-            let must_wait = !(state.active() < class_limit && tenant_has_room && ahead == 0);
+            let must_wait = !(state.active() < self.class_limit(&state, class)
+                && tenant_has_room
+                && ahead == 0);
             let claimed = state.bookings.claim(urgency.retry_key, now);
             let verdict = if claimed.is_some() {
                 Verdict::Queue {
@@ -351,12 +352,9 @@ impl Admission {
                 }
             } else {
                 let booked = state.bookings.held_for_others(urgency.retry_key, now);
-                // Under a limit the governor lowered below the streams
-                // running, that many must end before any place opens.
-                let over_limit = state.active().saturating_sub(class_limit) as usize;
                 let arrival = Arrival {
                     must_wait,
-                    queued_ahead: ahead + over_limit,
+                    queued_ahead: ahead,
                     booked,
                     drain_per_second: state.drain.sustained_per_second(now),
                     service: state.service,

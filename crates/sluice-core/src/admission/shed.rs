@@ -210,8 +210,7 @@ pub struct Arrival {
     /// Whether it must wait: no permit free for its class, or others of
     /// its class (or above) queued first.
     pub must_wait: bool,
-    /// Places that open before its own: requests queued ahead of it, and
-    /// streams running past a limit lowered below them.
+    /// Requests queued ahead of it.
     pub queued_ahead: usize,
     /// Places booked for others: they too are admitted before it.
     pub booked: HeldForOthers,

@@ -398,41 +398,6 @@ async fn a_request_that_would_miss_its_deadline_is_shed_at_once_and_its_retry_ha
 }
 
 #[tokio::test(start_paused = true)]
-async fn streams_running_past_a_lowered_limit_count_as_places_ahead() {
-    // Four streams held after a drain of 0.5 admissions per second.
-    let admission = admission(8);
-    admission.set_service_time(Duration::from_secs(1));
-    let mut running = Vec::new();
-    for admitted in 0..10 {
-        running.push(admission.acquire("a").await.unwrap());
-        if running.len() > 4 {
-            drop(running.remove(0));
-        }
-        if admitted < 9 {
-            tokio::time::advance(Duration::from_secs(2)).await;
-        }
-    }
-    // The governor lowers the limit to 1: three must end before a place
-    // opens, (3 + 1) / 0.5 = 8 s + 1 s > 5 s. Counted on the empty queue
-    // alone, 2 s + 1 s would have queued it for about 9 s.
-    admission.set_limit(1);
-    let rejection = admission.acquire_with("a", due_in(5, 7)).await.unwrap_err();
-    assert_eq!(
-        rejection,
-        Rejection::Shed {
-            retry_after: Duration::from_secs(8),
-            predicted_wait: Duration::from_secs(8),
-            booked: true,
-        }
-    );
-    // A deadline that wait meets queues: (3 + 1 booked + 1) / 0.5 + 1 = 11 s.
-    let patient = spawn_acquire(&admission, "a", due_in(12, 8));
-    settle().await;
-    assert_eq!(admission.snapshot().queued, 1);
-    patient.abort();
-}
-
-#[tokio::test(start_paused = true)]
 async fn booked_retries_keep_their_order_whenever_they_come_back() {
     let (admission, running, queued) = three_queued_behind_a_measured_drain().await;
     let early = admission.acquire_with("a", due_in(5, 7)).await;
