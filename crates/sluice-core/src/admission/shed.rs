@@ -150,17 +150,13 @@ impl Bookings {
     /// latest of them is due.
     pub fn held_for_others(&mut self, key: u64, now: Instant) -> HeldForOthers {
         self.expire(now);
-        self.held.iter().filter(|booking| booking.key != key).fold(
-            HeldForOthers::default(),
-            |held, booking| HeldForOthers {
-                count: held.count + 1,
-                latest_due_in: Some(
-                    held.latest_due_in
-                        .unwrap_or_default()
-                        .max(booking.due.saturating_duration_since(now)),
-                ),
-            },
-        )
+        let others = || self.held.iter().filter(|booking| booking.key != key);
+        HeldForOthers {
+            count: others().count(),
+            latest_due_in: others()
+                .map(|booking| booking.due.saturating_duration_since(now))
+                .max(),
+        }
     }
 
     /// Takes `key`'s booking if it is due (or nearly) and returns the place
