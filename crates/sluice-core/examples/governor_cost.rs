@@ -32,7 +32,7 @@ fn main() {
             queue_depth: (i % 5) as usize,
             awaiting_first_token: (i % 3) as usize,
             active: 32,
-            drain_per_second: Some(0.7),
+            first_tokens_per_second: Some(0.7),
             steps: None,
         };
         black_box(controller.tick(black_box(&signals), 0.25));

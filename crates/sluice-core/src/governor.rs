@@ -77,10 +77,10 @@ pub const SERVICE_SHARE: f64 = 0.5;
 pub const MIN_PROMPT_BACKLOG: usize = 2;
 
 /// Prompts admitted ahead of their prefill that the engine turns into
-/// first tokens within `service` seconds at `drain_per_second` (Little's
-/// law), at least [`MIN_PROMPT_BACKLOG`].
-pub fn prompt_backlog(service: Option<f64>, drain_per_second: Option<f64>) -> usize {
-    match (service, drain_per_second) {
+/// first tokens within `service` seconds at `first_tokens_per_second`, the
+/// rate it did so lately (Little's law), at least [`MIN_PROMPT_BACKLOG`].
+pub fn prompt_backlog(service: Option<f64>, first_tokens_per_second: Option<f64>) -> usize {
+    match (service, first_tokens_per_second) {
         (Some(service), Some(rate)) if rate > 0.0 => {
             ((service * rate).ceil() as usize).max(MIN_PROMPT_BACKLOG)
         }
@@ -171,9 +171,9 @@ pub struct Signals {
     pub awaiting_first_token: usize,
     /// Streams holding an admission permit.
     pub active: usize,
-    /// Permits released per second lately (admission's drain rate); None
-    /// until measured.
-    pub drain_per_second: Option<f64>,
+    /// Prompts the engine turned into first tokens per second lately;
+    /// None until measured.
+    pub first_tokens_per_second: Option<f64>,
     /// The engine steps that ended since the last tick; None if none did.
     pub steps: Option<StepSample>,
 }
@@ -462,11 +462,16 @@ impl Governor {
         // admitted prompts into first tokens. Decodes go first in a step,
         // so prompts admitted past what the engine prefills within the
         // service target wait inside it, out of reach of shedding; held
-        // in admission instead, they are shed or admitted in time.
+        // in admission instead, they are shed or admitted in time. What the
+        // engine prefills is counted in first tokens, not admissions: as
+        // an overload's decodes pile up, their share of each step leaves
+        // less for prompts, and a backlog sized on the ramp's admissions
+        // held ten prompts that waited 8-15 s for their prefill
+        // (benchmarks/results/2026-12-06-014f7340fea6-overload, 2x load).
         let decoding = signals.active.saturating_sub(signals.awaiting_first_token);
         let backlog = prompt_backlog(
             self.limit.targets.service_ttft_p95,
-            signals.drain_per_second,
+            signals.first_tokens_per_second,
         );
         let gate = u32::try_from(decoding + backlog).unwrap_or(u32::MAX);
         Decision {
@@ -857,7 +862,7 @@ mod tests {
             enabled: true,
             ..test_config()
         };
-        // Service target 3 s (an SLO of 6 s); 0.7 streams end per second:
+        // Service target 3 s (an SLO of 6 s); 0.7 first tokens per second:
         // ceil(3 × 0.7) = 3 prompts may wait for their prefill.
         let mut governor = Governor::new(config, test_targets(), 128, 128);
         let overload = Signals {
@@ -866,7 +871,7 @@ mod tests {
             queue_depth: 40,
             awaiting_first_token: 10,
             active: 60,
-            drain_per_second: Some(0.7),
+            first_tokens_per_second: Some(0.7),
             steps: None,
         };
         let decision = governor.tick(&overload, DT);
@@ -898,7 +903,7 @@ mod tests {
             queue_depth: 30,
             awaiting_first_token: 20,
             active: 100,
-            drain_per_second: None,
+            first_tokens_per_second: None,
             steps: Some(StepSample {
                 seconds: 5.0,
                 tokens_per_second: 100.0,

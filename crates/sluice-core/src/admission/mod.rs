@@ -151,6 +151,8 @@ struct State {
     /// Token buckets of the tenants with a token rate.
     buckets: HashMap<String, TokenBucket>,
     drain: DrainRate,
+    /// Requests asking for admission, but booked retries coming back.
+    arrivals: DrainRate,
     bookings: Bookings,
     /// Admission to first token, as the governor last measured it.
     service: Duration,
@@ -210,6 +212,7 @@ impl Admission {
                 policies,
                 buckets,
                 drain: DrainRate::default(),
+                arrivals: DrainRate::default(),
                 bookings: Bookings::default(),
                 service: Duration::ZERO,
             }),
@@ -229,15 +232,6 @@ impl Admission {
             queued: state.queued,
             booked: state.bookings.len(),
         }
-    }
-
-    /// Admissions per second lately (the rate the queue drains: the slower
-    /// of the last 20 s and the last minute, as shedding counts it); None
-    /// until measured.
-    pub fn drain_per_second(&self) -> Option<f64> {
-        self.lock()
-            .drain
-            .sustained_per_second(Instant::now().into_std())
     }
 
     /// Sets the time an admitted stream takes to its first token, which
@@ -351,6 +345,10 @@ impl Admission {
                     predicted_wait: None,
                 }
             } else {
+                let rates = &mut *state;
+                rates.arrivals.record(now);
+                let overloaded =
+                    shed::sustained_overload(&mut rates.arrivals, &mut rates.drain, now);
                 let booked = state.bookings.held_for_others(urgency.retry_key, now);
                 let arrival = Arrival {
                     must_wait,
@@ -359,6 +357,7 @@ impl Admission {
                     drain_per_second: state.drain.sustained_per_second(now),
                     service: state.service,
                     deadline: urgency.deadline,
+                    overloaded,
                 };
                 shed::decide(&arrival)
             };

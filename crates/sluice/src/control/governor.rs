@@ -73,7 +73,8 @@ pub async fn run(
             now = ticker.tick() => {
                 let dt = now.duration_since(last).as_secs_f64();
                 last = now;
-                let (ttft_p95, itl_p95) = io.latency.p95s(Instant::now());
+                let wall = Instant::now();
+                let (ttft_p95, itl_p95) = io.latency.p95s(wall);
                 if let Some(service) = ttft_p95 {
                     // The p95, not the median: the SLO is on the p95 and a
                     // shed request costs less than a late one.
@@ -89,7 +90,7 @@ pub async fn run(
                     queue_depth: admission.queued,
                     awaiting_first_token: io.latency.awaiting_first_token(),
                     active: admission.active as usize,
-                    drain_per_second: io.admission.drain_per_second(),
+                    first_tokens_per_second: io.latency.first_tokens_per_second(wall),
                     steps,
                 };
                 let decision = governor.tick(&signals, dt);
