@@ -151,8 +151,6 @@ struct State {
     /// Token buckets of the tenants with a token rate.
     buckets: HashMap<String, TokenBucket>,
     drain: DrainRate,
-    /// Requests asking for admission, but booked retries coming back.
-    arrivals: DrainRate,
     bookings: Bookings,
     /// Admission to first token, as the governor last measured it.
     service: Duration,
@@ -212,7 +210,6 @@ impl Admission {
                 policies,
                 buckets,
                 drain: DrainRate::default(),
-                arrivals: DrainRate::default(),
                 bookings: Bookings::default(),
                 service: Duration::ZERO,
             }),
@@ -345,10 +342,6 @@ impl Admission {
                     predicted_wait: None,
                 }
             } else {
-                let rates = &mut *state;
-                rates.arrivals.record(now);
-                let overloaded =
-                    shed::sustained_overload(&mut rates.arrivals, &mut rates.drain, now);
                 let booked = state.bookings.held_for_others(urgency.retry_key, now);
                 let arrival = Arrival {
                     must_wait,
@@ -357,7 +350,6 @@ impl Admission {
                     drain_per_second: state.drain.sustained_per_second(now),
                     service: state.service,
                     deadline: urgency.deadline,
-                    overloaded,
                 };
                 shed::decide(&arrival)
             };

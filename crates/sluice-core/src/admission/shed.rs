@@ -38,14 +38,6 @@
 //! at, and the retries booked on it came back to wait 15-24 s
 //! (benchmarks/results/2026-12-06-4f5605e7b032-overload, 2x load).
 //!
-//! Shedding acts only under a sustained overload: while requests asked for
-//! admission at least [`OVERLOAD_RATIO`] times as fast as the queue
-//! drained over the last minute. At the capacity, a Poisson burst queues
-//! requests for seconds and drains again; shed on the prediction alone, 5
-//! of 247 requests at 1x load were turned away in one such burst
-//! (benchmarks/results/2026-12-06-014f7340fea6-overload). A shed request
-//! counts as demand, so shedding does not hide the overload it answers.
-//!
 //! Pure: the caller passes the time.
 
 use std::collections::VecDeque;
@@ -79,24 +71,6 @@ pub const MAX_BOOKINGS: usize = 1024;
 /// near the front and fresh requests take what is left.
 pub const BOOKING_PACE: f64 = 0.8;
 
-/// Demand over drain, over [`SUSTAINED_WINDOW`], from which requests that
-/// would miss their deadline are shed (module docs). Poisson arrivals at
-/// the capacity put a minute's demand 25 % over its drain in about one
-/// minute in forty; a 1.5x overload does so all the time.
-pub const OVERLOAD_RATIO: f64 = 1.25;
-
-/// Whether requests asked for admission (`arrivals`) at least
-/// [`OVERLOAD_RATIO`] times as fast as they were admitted (`admissions`)
-/// over [`SUSTAINED_WINDOW`].
-pub fn sustained_overload(
-    arrivals: &mut DrainRate,
-    admissions: &mut DrainRate,
-    now: Instant,
-) -> bool {
-    let demand = arrivals.sustained_count(now) as f64;
-    demand > 0.0 && demand >= OVERLOAD_RATIO * admissions.sustained_count(now) as f64
-}
-
 /// Admissions per second over [`DRAIN_WINDOW`] and [`SUSTAINED_WINDOW`]:
 /// one queue of admission times per window, so each read and each record
 /// costs O(1) amortised whatever the admission rate.
@@ -116,12 +90,6 @@ impl DrainRate {
     fn expire(&mut self, now: Instant) {
         expire(&mut self.recent, now, DRAIN_WINDOW);
         expire(&mut self.sustained, now, SUSTAINED_WINDOW);
-    }
-
-    /// Events over [`SUSTAINED_WINDOW`].
-    pub fn sustained_count(&mut self, now: Instant) -> usize {
-        self.expire(now);
-        self.sustained.len()
     }
 
     /// Admissions per second over [`DRAIN_WINDOW`]; None until it holds
@@ -248,8 +216,6 @@ pub struct Arrival {
     pub service: Duration,
     /// Longest it may take to its first token; None: no deadline.
     pub deadline: Option<Duration>,
-    /// Whether demand has outrun the drain ([`sustained_overload`]).
-    pub overloaded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -286,7 +252,7 @@ pub fn decide(arrival: &Arrival) -> Verdict {
         };
     };
     let room = deadline.as_secs_f64() - arrival.service.as_secs_f64();
-    if wait <= room || !arrival.overloaded {
+    if wait <= room {
         return Verdict::Queue {
             predicted_wait: Some(predicted_wait),
         };
@@ -327,7 +293,6 @@ mod tests {
             drain_per_second: Some(rate),
             service: Duration::from_secs(2),
             deadline: Some(Duration::from_secs(deadline_s)),
-            overloaded: true,
         }
     }
 
@@ -399,44 +364,6 @@ mod tests {
             decide(&soon),
             Verdict::Shed { retry_after, .. } if retry_after == Duration::from_secs(23)
         ));
-    }
-
-    #[test]
-    fn one_that_would_miss_queues_while_demand_has_not_outrun_the_drain() {
-        let burst = Arrival {
-            overloaded: false,
-            ..arrival(9, 0.5, 10)
-        };
-        assert_eq!(
-            decide(&burst),
-            Verdict::Queue {
-                predicted_wait: Some(Duration::from_secs(20))
-            }
-        );
-    }
-
-    #[test]
-    fn overload_is_a_minutes_demand_a_quarter_over_its_drain() {
-        let start = Instant::now();
-        let at = |second: u64| start + Duration::from_secs(second);
-        let (mut arrivals, mut admissions) = (DrainRate::default(), DrainRate::default());
-        // A minute at the capacity: 40 arrivals, 40 admissions, then a
-        // burst of 9 that queues.
-        for second in 0..40 {
-            arrivals.record(at(second));
-            admissions.record(at(second));
-        }
-        for _ in 0..9 {
-            arrivals.record(at(45));
-        }
-        assert!(!sustained_overload(&mut arrivals, &mut admissions, at(45)));
-        // One more arrival puts the minute's demand at 50 over 40.
-        arrivals.record(at(46));
-        assert!(sustained_overload(&mut arrivals, &mut admissions, at(46)));
-        // A minute on, the early admissions have left the window, and with
-        // them the burst's measure: 10 arrivals over none admitted since.
-        assert!(sustained_overload(&mut arrivals, &mut admissions, at(100)));
-        assert!(!sustained_overload(&mut arrivals, &mut admissions, at(107)));
     }
 
     #[test]
