@@ -84,19 +84,23 @@ impl EventRate {
     /// The intervals between the events of the span over the time from
     /// the oldest to `now`; None with fewer than `min_events`.
     pub fn per_second(&mut self, now: Instant) -> Option<f64> {
-        while self
-            .times
-            .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) > self.span)
-        {
-            self.times.pop_front();
-        }
+        expire(&mut self.times, now, self.span);
         if self.times.len() < self.min_events {
             return None;
         }
         let oldest = *self.times.front()?;
         let covered = now.saturating_duration_since(oldest).as_secs_f64();
         (covered > 0.0).then(|| (self.times.len() - 1) as f64 / covered)
+    }
+}
+
+/// Drops the times older than `window` from the front of `times`.
+pub(crate) fn expire(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while times
+        .front()
+        .is_some_and(|&at| now.saturating_duration_since(at) > window)
+    {
+        times.pop_front();
     }
 }
 

@@ -43,6 +43,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::window::expire;
+
 /// How far back admissions count towards the drain rate: long enough to
 /// hold several at this machine's few per second, short enough
 /// to follow a change of load within a governor window or two.
@@ -112,16 +114,6 @@ impl DrainRate {
             .saturating_duration_since(oldest)
             .clamp(DRAIN_WINDOW, SUSTAINED_WINDOW);
         Some(recent.min(self.sustained.len() as f64 / span.as_secs_f64()))
-    }
-}
-
-/// Drops the times older than `window`.
-fn expire(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-    while times
-        .front()
-        .is_some_and(|&at| now.saturating_duration_since(at) > window)
-    {
-        times.pop_front();
     }
 }
 
