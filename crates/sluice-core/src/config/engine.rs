@@ -210,7 +210,7 @@ impl Default for EngineConfig {
             max_step_token_budget: 512,
             min_prefill_chunk: 16,
             mixed_step_token_budget: 64,
-            batch_step_token_budget: 32,
+            batch_step_token_budget: 16,
             threads: 0,
             stream_buffer_events: 64,
             max_park_ms: 30_000,

@@ -193,11 +193,20 @@ struct Prompt {
 }
 
 impl StepPlan {
+    /// Batch-class decodes the step runs beside interactive work.
+    pub(super) fn batch_decodes_run(&self) -> usize {
+        self.batch_decodes.len() - self.batch_sitting_out.len()
+    }
+
+    /// Prompt tokens the step prefills.
+    pub(super) fn prefill_tokens(&self) -> usize {
+        self.prefills.iter().map(|chunk| chunk.tokens.len()).sum()
+    }
+
     /// Tokens the step puts in the batch.
     pub(super) fn tokens(&self) -> usize {
-        let chunks = self.prefills.iter().map(|chunk| chunk.tokens.len());
         let preps = self.preps.iter().map(|chunk| chunk.tokens.len());
-        self.decodes.len() + chunks.sum::<usize>() + preps.sum::<usize>()
+        self.decodes.len() + self.prefill_tokens() + preps.sum::<usize>()
     }
 
     fn clear(&mut self) {

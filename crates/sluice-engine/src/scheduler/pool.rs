@@ -262,6 +262,10 @@ impl Pool {
         tracing::debug!(
             context = self.context,
             tokens = self.batch.n_tokens(),
+            budget = self.plan.budget,
+            decodes = self.plan.decodes.len(),
+            batch_decodes = self.plan.batch_decodes_run(),
+            prefill_tokens = self.plan.prefill_tokens(),
             token_cost = self.token_cost,
             micros = started.elapsed().as_micros() as u64,
             "pool step"
