@@ -100,6 +100,8 @@ pub(crate) struct Scheduler {
     /// budget (their decodes and prefill floor are never cut): the next
     /// round starts with them spent, so rounds average the budget.
     overdraft: u32,
+    /// Long pools' share of rounds with short work.
+    long_share: round_budget::LongShare,
     /// Fault injection: panic at the start of the next step.
     panic_at_next_step: bool,
     /// With KV-cache events on: what was published of the pools' blocks.
@@ -139,6 +141,7 @@ impl Scheduler {
             heartbeat,
             step_budget,
             overdraft: 0,
+            long_share: round_budget::LongShare::default(),
             panic_at_next_step: false,
         })
     }
@@ -264,28 +267,56 @@ impl Scheduler {
         let mut tokens = 0;
         let mut charged = self.overdraft;
         let mut long_charged = 0;
+        let budget = self.step_budget.load(Ordering::Relaxed);
         let decoding = self.pools.iter().any(Pool::is_decoding);
-        let mut reserved: u32 = self.pools.iter().map(|pool| pool.reserve(decoding)).sum();
+        // Beside short work, a long pool steps on its share (see
+        // `round_budget::LongShare`); decided before the short pool plans,
+        // so only the reserves of long pools that step are held back.
+        let short_work = self.pools.first().is_some_and(Pool::has_work);
+        for pool in self.pools.iter_mut().skip(1) {
+            let overdue =
+                started.duration_since(pool.last_stepped) >= round_budget::LONG_POOL_MAX_WAIT;
+            pool.sits_out_round =
+                short_work && !self.long_share.may_step(pool.reserve(decoding), overdue);
+        }
+        let reserve = |pool: &Pool| {
+            if pool.sits_out_round {
+                0
+            } else {
+                pool.reserve(decoding)
+            }
+        };
+        let mut reserved: u32 = self.pools.iter().map(reserve).sum();
+        let mut short_charged = 0;
         for pool in &mut self.pools {
-            reserved = reserved.saturating_sub(pool.reserve(decoding));
-            if !pool.has_work() {
+            let pool_reserve = reserve(pool);
+            reserved = reserved.saturating_sub(pool_reserve);
+            if !pool.has_work() || pool.sits_out_round {
                 continue;
             }
-            if let Some(built) = pool.build_step(charged + reserved, decoding)? {
+            let long = pool.attention_depth.is_some();
+            let mut spent = charged + reserved;
+            if long && short_charged > 0 {
+                spent = spent.max(budget.saturating_sub(self.long_share.allowance(pool_reserve)));
+            }
+            if let Some(built) = pool.build_step(spent, decoding)? {
                 progressed = true;
                 tokens += built;
+                pool.last_stepped = started;
                 let cost = pool.charge(built);
                 charged += cost;
-                if pool.attention_depth.is_some() {
-                    long_charged += cost;
+                if !long {
+                    short_charged = cost;
+                    continue;
+                }
+                long_charged += cost;
+                if short_charged > 0 {
+                    self.long_share.spend(cost);
                 }
             }
         }
-        self.overdraft = round_budget::overdraft(
-            charged,
-            long_charged,
-            self.step_budget.load(Ordering::Relaxed),
-        );
+        self.long_share.earn(short_charged, budget);
+        self.overdraft = round_budget::overdraft(charged, long_charged, budget);
         // Published after admission and before any decode, so a client
         // holding its first token sees its sequence counted.
         self.publish_stats();

@@ -45,6 +45,10 @@ pub(crate) struct Pool {
     pub(super) token_cost: f64,
     /// `LoadedModel::attention_depth` for a long pool; None for the first.
     pub(super) attention_depth: Option<u32>,
+    /// When the pool last ran a step (a long pool's wait bound).
+    pub(super) last_stepped: Instant,
+    /// A long pool that waits this round for its share.
+    pub(super) sits_out_round: bool,
     pub(super) slots: Vec<Option<Sequence>>,
     /// Per slot, what its KV holds while the slot is free.
     pub(super) cached: Vec<CachedPrefix>,
@@ -145,6 +149,8 @@ impl Pool {
             budget_spent: 0,
             token_cost: 1.0,
             attention_depth,
+            last_stepped: Instant::now(),
+            sits_out_round: false,
             slots,
             cached,
             frees: 0,

@@ -67,9 +67,108 @@ pub(super) fn overdraft(charged: u32, long_charged: u32, round_budget: u32) -> u
     charged.saturating_sub(round_budget).min(long_charged)
 }
 
+/// Budget units long pools earn per unit the short pool's step takes,
+/// while short work runs: short streams keep ~77 % of the engine (issue
+/// #14 asks short chats' TTFT within 1.5x of the same load alone).
+const LONG_SHARE_PER_SHORT_UNIT: f64 = 0.3;
+
+/// A long pool with work steps at least this often whatever its share,
+/// so its streams' gaps stay bounded (a round is one step of each pool).
+pub(super) const LONG_POOL_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Long pools' share of the engine while short work runs. Without it, a
+/// long pool took whatever the short pool left of each round: rounds that
+/// short decodes alone keep short ran at the full budget, deep tokens at
+/// that, and short chats lost ~60 % of their output beside four documents
+/// (benchmarks/results/2026-12-04-2dc7fabb48d5-rag-mix). Long pools earn
+/// credit as the short pool spends, and step when it covers what their
+/// step takes whatever the budget, or when they have waited
+/// [`LONG_POOL_MAX_WAIT`]. With no short work they take the whole round.
+#[derive(Debug, Default)]
+pub(super) struct LongShare {
+    /// Budget units long pools may still take; below 0 after a step they
+    /// were owed by the wait bound.
+    credit: f64,
+}
+
+impl LongShare {
+    /// Whether a long pool whose step takes at least `reserve` units steps
+    /// this round beside short work (`overdue`: it has waited its bound).
+    pub(super) fn may_step(&self, reserve: u32, overdue: bool) -> bool {
+        overdue || self.credit >= f64::from(reserve.max(1))
+    }
+
+    /// The most units a long pool's step may take beside short work: its
+    /// credit, and never less than what the step takes whatever the budget.
+    pub(super) fn allowance(&self, reserve: u32) -> u32 {
+        (self.credit.max(0.0) as u32).max(reserve)
+    }
+
+    /// A long pool's step beside short work took `cost` units.
+    pub(super) fn spend(&mut self, cost: u32) {
+        self.credit -= f64::from(cost);
+    }
+
+    /// The round's short step took `short_cost` units (0: no short work,
+    /// and the long pools took what they wanted). Credit stays within one
+    /// round's `budget`, so a lull banks no burst.
+    pub(super) fn earn(&mut self, short_cost: u32, budget: u32) {
+        if short_cost == 0 {
+            self.credit = 0.0;
+            return;
+        }
+        let earned = self.credit + f64::from(short_cost) * LONG_SHARE_PER_SHORT_UNIT;
+        self.credit = earned.min(f64::from(budget));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beside_short_work_long_pools_take_their_share() {
+        let mut share = LongShare::default();
+        let (mut short, mut long) = (0, 0);
+        for _ in 0..100 {
+            // A long step takes 40 units however deep; short steps 100.
+            if share.may_step(40, false) {
+                let cost = share.allowance(40).max(40);
+                share.spend(cost);
+                long += cost;
+            }
+            short += 100;
+            share.earn(100, 128);
+        }
+        let taken = f64::from(long) / f64::from(short);
+        assert!(
+            (0.25..=0.3).contains(&taken),
+            "long took {taken} per short unit"
+        );
+    }
+
+    #[test]
+    fn an_overdue_long_pool_steps_on_credit_it_does_not_have() {
+        let mut share = LongShare::default();
+        assert!(!share.may_step(40, false));
+        assert!(share.may_step(40, true));
+        assert_eq!(share.allowance(40), 40);
+        share.spend(40);
+        // It repays the step before stepping on credit again.
+        share.earn(100, 128);
+        assert!(!share.may_step(1, false));
+    }
+
+    #[test]
+    fn credit_stays_within_a_round_and_lapses_without_short_work() {
+        let mut share = LongShare::default();
+        for _ in 0..50 {
+            share.earn(128, 128);
+        }
+        assert_eq!(share.allowance(0), 128);
+        share.earn(0, 128);
+        assert!(!share.may_step(0, false));
+    }
 
     #[test]
     fn short_pool_tokens_cost_one_at_any_depth() {
