@@ -145,6 +145,12 @@ impl LoadedModel {
         self.pools.last().map_or(0, |pool| pool.context)
     }
 
+    /// The short pool's sequence context: a request fitting it is a chat,
+    /// one over it goes to a long pool.
+    pub fn short_context(&self) -> u32 {
+        self.pools.first().map_or(0, |pool| pool.context)
+    }
+
     /// The KV depth at which a long-pool token costs twice a short chat's:
     /// a token at depth `d` costs about `1 + d / attention_depth`. Per token
     /// and layer the weights take `2 · n_params / n_layer` FLOPs and

@@ -1,8 +1,9 @@
 //! Long prompts through the real server and model with the default
 //! config: a prompt of about 6,000 tokens is served by the long pool beside
 //! many short streams, a repeated document comes from the long pool's prefix
-//! cache with the cold run's output, and a prompt over the model's trained
-//! context gets an error that names the limits.
+//! cache with the cold run's output, a long prompt does not wait for the
+//! governor's admission, and a prompt over the model's trained context gets
+//! an error that names the limits.
 
 mod common;
 
@@ -123,6 +124,58 @@ async fn long_prompts_are_served_beside_short_streams_and_their_document_is_cach
         "cached {}",
         other.cached_tokens
     );
+}
+
+/// A long prompt waits in the long pool's own queue, not for the
+/// governor's admission: with the one permit held by a streaming chat and a
+/// 200 ms wait limit, it is served all the same (through admission it got
+/// 429 after 200 ms).
+#[tokio::test]
+async fn a_long_prompt_does_not_wait_for_the_governors_admission() {
+    let mut config = RuntimeConfig::default();
+    config.server.port = 0;
+    config.server.shutdown_grace_seconds = 2;
+    config.model.path = common::model_path();
+    config.engine.max_sequences = 4;
+    config.engine.long_sequences = 1;
+    config.governor.enabled = false;
+    config.governor.min_streams = 1;
+    config.governor.max_streams = 1;
+    config.admission.max_wait_ms = 200;
+    let base = common::spawn_server(config);
+    let mut chat = common::client()
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({
+            "model": MODEL,
+            "prompt": "Count slowly:",
+            "max_tokens": 400,
+            "ignore_eos": true,
+            "stream": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    // Its first bytes: the chat holds the permit.
+    assert!(chat.chunk().await.unwrap().is_some());
+    let long = common::client()
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({
+            "model": MODEL,
+            "prompt": document(1_300),
+            "max_tokens": 2,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = long.status();
+    let body: Value = long.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() > 1_024,
+        "a prompt for the long pool: {body}"
+    );
+    drop(chat);
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 //! attention runs over thousands of cells. A long pool's decodes and
 //! prefill floor (in budget units), never cut, are reserved before the
 //! short pool plans, and what long pools take beyond the budget all the
-//! same is carried to the next round. Plain arithmetic, applied by `mod.rs` and `pool.rs`.
+//! same is carried to the next round. Beside short work, long pools step
+//! on a share of the engine ([`LongShare`]). Plain arithmetic, applied by
+//! `mod.rs` and `pool.rs`.
 
 /// What one token of a pool's step costs in budget units: 1 in the short
 /// pool (`attention_depth` None), whose budget is calibrated on its own

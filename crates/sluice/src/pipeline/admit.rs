@@ -20,6 +20,15 @@ use super::speculation::Speculation;
 use super::{Endpoint, Pipeline, PipelineError, PreEngineTimes};
 use crate::telemetry::{RejectedBy, RequestInfo, RequestObserver};
 
+/// How a request got to the engine.
+struct Admitted {
+    /// From the end of tokenizing to the engine's queue.
+    queue: Duration,
+    priority: Priority,
+    /// Through the governor's admission, which then sees its latencies.
+    governed: bool,
+}
+
 /// This request's feature-flag decisions, from one snapshot of the flags.
 struct FlagDecisions {
     prefix_cache: Decision,
@@ -69,13 +78,23 @@ impl Pipeline {
             context,
         );
         let urgency = self.urgency(&tenant, &prepared, max_tokens);
+        // A request for a long pool is outside the governor: it waits in
+        // that pool's own queue, and the engine gives long pools a bounded
+        // share (`round_budget::LongShare`). Its minutes-long first token
+        // would otherwise hold the governor's prompt gate shut and its TTFT
+        // drive the limit down: beside four documents the governor shed
+        // 99.8 % of short chats (benchmarks/results/2026-12-07-65282cb2a380-rag-mix).
+        let governed = context <= model.short_context();
         let queued_at = Instant::now();
         let engine_stream = if speculation.serves_whole_answer() {
             None
         } else {
-            let prep = self
-                .wait_for_admission(handle, &flags, &prepared, max_tokens, &namespace, urgency)
-                .await?;
+            let prep = if governed {
+                self.wait_for_admission(handle, &flags, &prepared, max_tokens, &namespace, urgency)
+                    .await?
+            } else {
+                None
+            };
             let submission = Submission {
                 prepared: &prepared,
                 speculation: &speculation,
@@ -101,8 +120,11 @@ impl Pipeline {
             flags,
             engine_stream,
             token_charge,
-            queue,
-            urgency.priority,
+            Admitted {
+                queue,
+                priority: urgency.priority,
+                governed,
+            },
         ))
     }
 
@@ -260,14 +282,18 @@ impl Pipeline {
         flags: FlagDecisions,
         engine_stream: Option<GenerationStream>,
         token_charge: Option<TokenCharge>,
-        queue: Duration,
-        priority: Priority,
+        admitted: Admitted,
     ) -> Generation {
+        let Admitted {
+            queue,
+            priority,
+            governed,
+        } = admitted;
         let prompt_tokens = prepared.prompt.len();
         let id = stream.request_id().to_owned();
         let observer = RequestObserver::new(
             Arc::clone(&self.metrics),
-            Arc::clone(&self.latency),
+            governed.then(|| Arc::clone(&self.latency)),
             stream,
             RequestInfo {
                 endpoint: endpoint.as_str(),

@@ -314,7 +314,7 @@ pub(crate) fn scripted_with_limits(
     });
     let observer = RequestObserver::new(
         Arc::new(Metrics::new()),
-        Arc::new(LatencyWindows::new(Duration::from_secs(10))),
+        Some(Arc::new(LatencyWindows::new(Duration::from_secs(10)))),
         stream,
         RequestInfo {
             endpoint: endpoint.as_str(),

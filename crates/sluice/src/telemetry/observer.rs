@@ -74,7 +74,8 @@ pub struct RequestInfo {
 
 pub struct RequestObserver {
     metrics: Arc<Metrics>,
-    latency: Arc<LatencyWindows>,
+    /// The governor's latency windows; None for a request outside it.
+    latency: Option<Arc<LatencyWindows>>,
     stream: StreamHandle,
     endpoint: &'static str,
     /// When admission granted the stream its permit (or, for an answer that
@@ -97,11 +98,11 @@ pub struct RequestObserver {
 impl RequestObserver {
     pub fn new(
         metrics: Arc<Metrics>,
-        latency: Arc<LatencyWindows>,
+        latency: Option<Arc<LatencyWindows>>,
         stream: StreamHandle,
         request: RequestInfo,
     ) -> Self {
-        let awaiting_first_token = Some(latency.await_first_token());
+        let awaiting_first_token = latency.as_ref().map(LatencyWindows::await_first_token);
         let qos = metrics.qos_tags(stream.tenant(), request.canaries);
         let admitted_at = stream.stamp(Stage::Admitted).unwrap_or_else(Instant::now);
         Self {
@@ -145,13 +146,16 @@ impl RequestObserver {
                 // The governor sees TTFT from admission: the wait it imposes
                 // itself must not feed back into its own input, or overload
                 // would drive the limit to its floor.
-                self.latency
-                    .record_ttft(now, (now - self.admitted_at).as_secs_f64());
+                if let Some(latency) = &self.latency {
+                    latency.record_ttft(now, (now - self.admitted_at).as_secs_f64());
+                }
             }
             Some(gap) => {
                 let gap = gap.as_secs_f64();
                 self.metrics.observe_itl(gap, &self.qos);
-                self.latency.record_itl(now, gap);
+                if let Some(latency) = &self.latency {
+                    latency.record_itl(now, gap);
+                }
             }
         }
     }
