@@ -254,8 +254,9 @@ impl Scheduler {
     }
 
     /// One round: a step of every pool with work, sharing one token budget
-    /// (`round_budget`: long pools' mandatory tokens reserved first, then
-    /// the short pool plans, then the long pools take what is left).
+    /// (`round_budget`: the mandatory tokens of long pools that step are
+    /// reserved first, then the short pool plans, then the long pools take
+    /// their share of what is left).
     /// Returns whether it made progress (the model ran, or a failed batch
     /// ended its streams).
     fn step(&mut self) -> Result<bool, EngineFault> {
@@ -320,7 +321,11 @@ impl Scheduler {
         // Published after admission and before any decode, so a client
         // holding its first token sees its sequence counted.
         self.publish_stats();
-        for pool in &mut self.pools {
+        // Long pools decode first: a short stream's token then comes at the
+        // end of each round, and its gap is one round, which the budget
+        // bounds. Short first, a long step and the next round's short step
+        // made one gap: 1.3 s at p99 where rounds took at most 0.97 s.
+        for pool in self.pools.iter_mut().rev() {
             pool.run_step()?;
         }
         if let Some(ledger) = &mut self.kv_blocks {
