@@ -270,16 +270,7 @@ impl Scheduler {
         let mut long_charged = 0;
         let budget = self.step_budget.load(Ordering::Relaxed);
         let decoding = self.pools.iter().any(Pool::is_decoding);
-        // Beside short work, a long pool steps on its share (see
-        // `round_budget::LongShare`); decided before the short pool plans,
-        // so only the reserves of long pools that step are held back.
-        let short_work = self.pools.first().is_some_and(Pool::has_work);
-        for pool in self.pools.iter_mut().skip(1) {
-            let overdue =
-                started.duration_since(pool.last_stepped) >= round_budget::LONG_POOL_MAX_WAIT;
-            pool.sits_out_round =
-                short_work && !self.long_share.may_step(pool.reserve(decoding), overdue);
-        }
+        self.mark_long_pools_sitting_out(started, decoding);
         let reserve = |pool: &Pool| {
             if pool.sits_out_round {
                 0
@@ -345,6 +336,18 @@ impl Scheduler {
             .fetch_add(tokens as u64, Ordering::Relaxed);
         stats.steps_total.fetch_add(1, Ordering::Release);
         Ok(true)
+    }
+
+    /// Beside short work, a long pool steps on its share
+    /// (`round_budget::LongShare`). Decided before the short pool plans, so
+    /// only the reserves of long pools that step are held back from it.
+    fn mark_long_pools_sitting_out(&mut self, now: Instant, decoding: bool) {
+        let short_work = self.pools.first().is_some_and(Pool::has_work);
+        for pool in self.pools.iter_mut().skip(1) {
+            let overdue = now.duration_since(pool.last_stepped) >= round_budget::LONG_POOL_MAX_WAIT;
+            pool.sits_out_round =
+                short_work && !self.long_share.may_step(pool.reserve(decoding), overdue);
+        }
     }
 
     /// After an [`EngineFault`]: every stream (running, finished with events

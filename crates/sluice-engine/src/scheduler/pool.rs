@@ -47,7 +47,9 @@ pub(crate) struct Pool {
     pub(super) attention_depth: Option<u32>,
     /// When the pool last ran a step (a long pool's wait bound).
     pub(super) last_stepped: Instant,
-    /// A long pool that waits this round for its share.
+    /// A long pool that waits this round for its share: its step, reaping
+    /// of cancelled and gone streams included, comes at most
+    /// `round_budget::LONG_POOL_MAX_WAIT` later.
     pub(super) sits_out_round: bool,
     pub(super) slots: Vec<Option<Sequence>>,
     /// Per slot, what its KV holds while the slot is free.
