@@ -70,9 +70,11 @@ pub(super) fn overdraft(charged: u32, long_charged: u32, round_budget: u32) -> u
 }
 
 /// Budget units long pools earn per unit the short pool's step takes,
-/// while short work runs: short streams keep ~77 % of the engine (issue
-/// #14 asks short chats' TTFT within 1.5x of the same load alone).
-const LONG_SHARE_PER_SHORT_UNIT: f64 = 0.3;
+/// while short work runs: short streams keep ~83 % of the engine (issue
+/// #14 asks short chats' TTFT within 1.5x of the same load alone; at 0.3
+/// two runs gave 1.38x and 1.62x, benchmarks/results/*-rag-mix of
+/// 2026-12-07).
+const LONG_SHARE_PER_SHORT_UNIT: f64 = 0.2;
 
 /// A long pool with work steps at least this often whatever its share,
 /// so its streams' gaps stay bounded (a round is one step of each pool).
@@ -144,7 +146,7 @@ mod tests {
         }
         let taken = f64::from(long) / f64::from(short);
         assert!(
-            (0.25..=0.3).contains(&taken),
+            (0.15..=0.2).contains(&taken),
             "long took {taken} per short unit"
         );
     }
