@@ -70,11 +70,12 @@ pub(super) fn overdraft(charged: u32, long_charged: u32, round_budget: u32) -> u
 }
 
 /// Budget units long pools earn per unit the short pool's step takes,
-/// while short work runs: short streams keep ~83 % of the engine (issue
-/// #14 asks short chats' TTFT within 1.5x of the same load alone; at 0.3
-/// two runs gave 1.38x and 1.62x, benchmarks/results/*-rag-mix of
-/// 2026-12-07).
-const LONG_SHARE_PER_SHORT_UNIT: f64 = 0.2;
+/// while short work runs: short streams keep ~77 % of the engine (issue
+/// #14 asks short chats' TTFT within 1.5x of the same load alone). Three
+/// rag-mix runs put that ratio at 1.38x and 1.62x with 0.3, 1.51x with 0.2
+/// (benchmarks/results/*-rag-mix of 2026-12-07): run-to-run spread, not
+/// the share, decides it here, so documents keep the larger share.
+const LONG_SHARE_PER_SHORT_UNIT: f64 = 0.3;
 
 /// A long pool with work steps at least this often whatever its share,
 /// so its streams' gaps stay bounded (a round is one step of each pool).
@@ -146,7 +147,7 @@ mod tests {
         }
         let taken = f64::from(long) / f64::from(short);
         assert!(
-            (0.15..=0.2).contains(&taken),
+            (0.25..=0.3).contains(&taken),
             "long took {taken} per short unit"
         );
     }
