@@ -51,8 +51,13 @@ struct Completion {
 }
 
 async fn complete(prompt: &str, max_tokens: u32) -> Completion {
+    complete_at(base(), prompt, max_tokens).await
+}
+
+/// A greedy completion from the server at `base`, which must answer 200.
+async fn complete_at(base: &str, prompt: &str, max_tokens: u32) -> Completion {
     let response = common::client()
-        .post(format!("{}/v1/completions", base()))
+        .post(format!("{base}/v1/completions"))
         .json(&json!({
             "model": MODEL,
             "prompt": prompt,
@@ -158,22 +163,11 @@ async fn a_long_prompt_does_not_wait_for_the_governors_admission() {
     assert_eq!(chat.status(), 200);
     // Its first bytes: the chat holds the permit.
     assert!(chat.chunk().await.unwrap().is_some());
-    let long = common::client()
-        .post(format!("{base}/v1/completions"))
-        .json(&json!({
-            "model": MODEL,
-            "prompt": document(1_300),
-            "max_tokens": 2,
-        }))
-        .send()
-        .await
-        .unwrap();
-    let status = long.status();
-    let body: Value = long.json().await.unwrap();
-    assert_eq!(status, 200, "{body}");
+    let long = complete_at(&base, &document(1_300), 2).await;
     assert!(
-        body["usage"]["prompt_tokens"].as_u64().unwrap() > 1_024,
-        "a prompt for the long pool: {body}"
+        long.prompt_tokens > 1_024,
+        "a prompt for the long pool ({} tokens)",
+        long.prompt_tokens
     );
     drop(chat);
 }
