@@ -84,8 +84,9 @@ pub struct AdmissionLimits {
 pub enum Rejection {
     /// The queue is full.
     QueueFull { retry_after: Duration },
-    /// The request waited `max_wait` without a free permit.
-    WaitTimedOut { retry_after: Duration },
+    /// The request waited `max_wait` without a free permit; `retry_after`
+    /// is the advice a request shed then gets, its place held when `booked`.
+    WaitTimedOut { retry_after: Duration, booked: bool },
     /// The tenant is at its concurrency cap and its queue share is used up.
     TenantQueueFull { retry_after: Duration },
     /// The tenant's token bucket does not hold the request's charge;
@@ -113,7 +114,7 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::QueueFull { retry_after }
-            | Self::WaitTimedOut { retry_after }
+            | Self::WaitTimedOut { retry_after, .. }
             | Self::TenantQueueFull { retry_after }
             | Self::TokenRateExceeded { retry_after, .. }
             | Self::Shed { retry_after, .. }
@@ -360,11 +361,7 @@ impl Admission {
                     retry_after,
                     bookable,
                 } => {
-                    let place = state.next_waiter;
-                    let booked = bookable
-                        && state
-                            .bookings
-                            .book(urgency.retry_key, now + retry_after, place, now);
+                    let booked = bookable && book(&mut state, urgency.retry_key, retry_after, now);
                     return Err(Rejection::Shed {
                         retry_after,
                         predicted_wait,
@@ -441,9 +438,7 @@ impl Admission {
             }
             Err(_) => {
                 drop(leave_queue);
-                Err(Rejection::WaitTimedOut {
-                    retry_after: retry_after(&mut self.lock()),
-                })
+                Err(timed_out(&mut self.lock(), class, urgency.retry_key))
             }
         }
     }
@@ -559,6 +554,35 @@ impl Admission {
             state.queued -= 1;
             state.queued_by_class[class.index()] -= 1;
         }
+    }
+}
+
+/// Holds the next queue place for `key`'s retry in `retry_after`: it
+/// queues ahead of every request that queues after now.
+fn book(state: &mut State, key: u64, retry_after: Duration, now: std::time::Instant) -> bool {
+    let place = state.next_waiter;
+    state.bookings.book(key, now + retry_after, place, now)
+}
+
+/// The answer to a waiter that waited `max_wait`: the advice and booking
+/// a request of its class shed now would get. Without them its retry,
+/// told only how long the queue takes to drain, met the queue refilled by
+/// then and was shed: the cold burst's waiters, queued on a prediction
+/// the burst's own admissions made too short, never ran
+/// (benchmarks/results/2026-12-07-5a20ab7581d8-overload-closed, c75).
+fn timed_out(state: &mut State, class: Priority, key: u64) -> Rejection {
+    let now = Instant::now().into_std();
+    let Some(rate) = state.drain.sustained_per_second(now) else {
+        return Rejection::WaitTimedOut {
+            retry_after: retry_after(state),
+            booked: false,
+        };
+    };
+    let booked = state.bookings.held_for_others(key, now);
+    let advice = shed::advise(queued_ahead(state, class), booked, rate);
+    Rejection::WaitTimedOut {
+        retry_after: advice.retry_after,
+        booked: advice.bookable && book(state, key, advice.retry_after, now),
     }
 }
 

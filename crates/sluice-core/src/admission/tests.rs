@@ -487,6 +487,44 @@ async fn booked_retries_pass_a_lowered_limit_two_at_a_time_until_their_first_tok
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_waiter_that_waits_out_the_limit_is_told_when_to_come_back_and_its_place_is_held() {
+    let admission = admission(1);
+    let mut running = admission.acquire("i").await.unwrap();
+    let keyed = |retry_key| Urgency {
+        retry_key,
+        ..batch()
+    };
+    let waited_out = spawn_acquire(&admission, "b", keyed(7));
+    settle().await;
+    // Interactive requests take every place that opens, one each 2 s: the
+    // batch waiter waits the whole 30 s while the queue drains at 0.5/s.
+    for _ in 0..15 {
+        let next = spawn_acquire(&admission, "i", Urgency::default());
+        settle().await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(running);
+        running = next.await.unwrap().unwrap();
+    }
+    let rejection = waited_out.await.unwrap().unwrap_err();
+    let Rejection::WaitTimedOut { retry_after, .. } = rejection else {
+        panic!("{rejection:?}");
+    };
+    assert_eq!(admission.snapshot().booked, 1);
+    // Back as told, it goes ahead of a request that queued meanwhile.
+    tokio::time::advance(retry_after).await;
+    let fresh = spawn_acquire(&admission, "b", batch());
+    settle().await;
+    let retry = spawn_acquire(&admission, "b", keyed(7));
+    settle().await;
+    assert_eq!(admission.snapshot().queued, 2);
+    drop(running);
+    let admitted = tokio::time::timeout(Duration::from_millis(1), retry).await;
+    assert!(matches!(admitted, Ok(Ok(Ok(_)))), "{admitted:?}");
+    assert!(!fresh.is_finished());
+    fresh.abort();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cold_start_measures_its_drain_from_admissions_before_any_stream_ends() {
     // Four streams admitted, none ended: 4 admissions over the 20 s
     // window, 0.2 per second, 5 s for the next place to open.

@@ -351,10 +351,16 @@ impl ApiError {
                 "The server's admission queue is full; retry after the Retry-After delay.",
                 retry_after,
             ),
-            Rejection::WaitTimedOut { .. } => Self::too_many_requests(
+            Rejection::WaitTimedOut { booked, .. } => Self::too_many_requests(
                 "server_overloaded",
                 "admission_timeout",
-                "The request waited for admission longer than the server's limit; retry after the Retry-After delay.",
+                if *booked {
+                    "The request waited for admission longer than the server's limit; retry \
+                     after the Retry-After delay, when a place is held for it."
+                } else {
+                    "The request waited for admission longer than the server's limit; retry \
+                     after the Retry-After delay."
+                },
                 retry_after,
             ),
             Rejection::TenantQueueFull { .. } => Self::too_many_requests(
