@@ -57,6 +57,11 @@ stop_server
 
 python3 benchmarks/long/summarize.py "$OUT" "$(machine_line)" "$(git rev-parse --short=12 HEAD)" \
   "SHORT_STREAMS=$SHORT_STREAMS LONG_STREAMS=$LONG_STREAMS RUN_SECONDS=$RUN_SECONDS WARMUP=$WARMUP MAX_TOKENS=$MAX_TOKENS benchmarks/long/rag-mix.sh"
+# The servers' request lines (admission_ms, TTFT per request) and, when
+# run with RUST_LOG=info,sluice_engine=debug, each pool step's tokens and time.
+for log in "$OUT"/*.server.log; do
+  sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E ' request |pool step' | gzip >"${log%.server.log}.steps-and-requests.log.gz" || true
+done
 rm -f "$OUT"/*.prompts.jsonl "$OUT"/*.server.log
 gzip -f "$OUT"/short-only.json "$OUT"/rag-mix-short.json "$OUT"/rag-mix-long.json
 cat "$OUT/summary.md"

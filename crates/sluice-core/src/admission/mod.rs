@@ -39,7 +39,9 @@ use tokio::time::Instant;
 use crate::rate::TokenBucket;
 pub use charge::{TokenCharge, TokenLedger};
 pub use permit::Permit;
-use queue::{QueueExit, QueuePlace, Waiter, min_backlogged_virtual, queued_ahead, retry_after};
+use queue::{
+    QueueExit, QueuePlace, Waiter, min_backlogged_virtual, queued_ahead, retry_after, waiters_ahead,
+};
 use shed::{Arrival, Bookings, DrainRate, Verdict};
 pub use urgency::{Priority, Urgency};
 
@@ -324,7 +326,7 @@ impl Admission {
         urgency: Urgency,
     ) -> Result<Permit, Rejection> {
         let class = urgency.priority;
-        let (id, grant) = {
+        let (id, place, grant) = {
             let mut state = self.lock();
             if state.closed {
                 return Err(Rejection::Closed);
@@ -361,7 +363,11 @@ impl Admission {
                     retry_after,
                     bookable,
                 } => {
-                    let booked = bookable && book(&mut state, urgency.retry_key, retry_after, now);
+                    let place = state.next_waiter;
+                    let booked = bookable
+                        && state
+                            .bookings
+                            .book(urgency.retry_key, now + retry_after, place, now);
                     return Err(Rejection::Shed {
                         retry_after,
                         predicted_wait,
@@ -417,7 +423,7 @@ impl Admission {
             let grants = self.dispatch(&mut state);
             drop(state);
             send_grants(grants);
-            (id, granted)
+            (id, place, granted)
         };
         let mut leave_queue = QueueExit {
             admission: self,
@@ -438,7 +444,7 @@ impl Admission {
             }
             Err(_) => {
                 drop(leave_queue);
-                Err(timed_out(&mut self.lock(), class, urgency.retry_key))
+                Err(timed_out(&mut self.lock(), class, place, urgency.retry_key))
             }
         }
     }
@@ -557,20 +563,15 @@ impl Admission {
     }
 }
 
-/// Holds the next queue place for `key`'s retry in `retry_after`: it
-/// queues ahead of every request that queues after now.
-fn book(state: &mut State, key: u64, retry_after: Duration, now: std::time::Instant) -> bool {
-    let place = state.next_waiter;
-    state.bookings.book(key, now + retry_after, place, now)
-}
-
-/// The answer to a waiter that waited `max_wait`: the advice and booking
-/// a request of its class shed now would get. Without them its retry,
-/// told only how long the queue takes to drain, met the queue refilled by
-/// then and was shed: the cold burst's waiters, queued on a prediction
-/// the burst's own admissions made too short, never ran
-/// (benchmarks/results/2026-12-07-5a20ab7581d8-overload-closed, c75).
-fn timed_out(state: &mut State, class: Priority, key: u64) -> Rejection {
+/// The answer to a waiter that waited `max_wait` at `place`: come back
+/// when the waiters and bookings ahead of it have drained (at the booking
+/// pace), its place held. Told only how long the whole queue takes to
+/// drain, without a place, a cold burst's last waiters came back to a queue
+/// refilled by then and were shed; given a new place on the bookings'
+/// calendar, they went behind every retry booked while they waited, and
+/// some past its horizon (benchmarks/results/2026-12-07-5a20ab7581d8- and
+/// 65ddb939caff-overload-closed, c75).
+fn timed_out(state: &mut State, class: Priority, place: QueuePlace, key: u64) -> Rejection {
     let now = Instant::now().into_std();
     let Some(rate) = state.drain.sustained_per_second(now) else {
         return Rejection::WaitTimedOut {
@@ -578,11 +579,17 @@ fn timed_out(state: &mut State, class: Priority, key: u64) -> Rejection {
             booked: false,
         };
     };
-    let booked = state.bookings.held_for_others(key, now);
-    let advice = shed::advise(queued_ahead(state, class), booked, rate);
+    let ahead = waiters_ahead(state, class, place) + state.bookings.held_before(place.number, now);
+    let seconds = (ahead as f64 / (rate * shed::BOOKING_PACE)).ceil();
+    let retry_after =
+        Duration::from_secs_f64(seconds).clamp(shed::MIN_RETRY_AFTER, shed::MAX_RETRY_AFTER);
+    let booked = seconds <= shed::MAX_RETRY_AFTER.as_secs_f64()
+        && state
+            .bookings
+            .book(key, now + retry_after, place.number, now);
     Rejection::WaitTimedOut {
-        retry_after: advice.retry_after,
-        booked: advice.bookable && book(state, key, advice.retry_after, now),
+        retry_after,
+        booked,
     }
 }
 

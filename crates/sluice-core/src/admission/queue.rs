@@ -63,6 +63,18 @@ pub(super) fn queued_ahead(state: &State, class: Priority) -> usize {
     }
 }
 
+/// Waiters a request of `class` at `place` has ahead of it, whatever their
+/// tenant: those of classes above and those of its own with an earlier place.
+pub(super) fn waiters_ahead(state: &State, class: Priority, place: QueuePlace) -> usize {
+    let own = class.index();
+    let earlier_of_its_class: usize = state
+        .tenants
+        .values()
+        .map(|tenant| tenant.queues[own].partition_point(|waiter| waiter.place < place))
+        .sum();
+    state.queued_by_class[..own].iter().sum::<usize>() + earlier_of_its_class
+}
+
 /// Seconds until the queue would drain at the measured rate.
 pub(super) fn retry_after(state: &mut State) -> Duration {
     let now = Instant::now().into_std();

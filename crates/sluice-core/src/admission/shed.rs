@@ -151,6 +151,15 @@ impl Bookings {
         }
     }
 
+    /// Bookings held for places before queue number `place`.
+    pub fn held_before(&mut self, place: u64, now: Instant) -> usize {
+        self.expire(now);
+        self.held
+            .iter()
+            .filter(|booking| booking.place < place)
+            .count()
+    }
+
     /// Takes `key`'s booking if it is due (or nearly) and returns the place
     /// it holds: the request queues there, without a prediction.
     pub fn claim(&mut self, key: u64, now: Instant) -> Option<u64> {
@@ -249,25 +258,6 @@ pub fn decide(arrival: &Arrival) -> Verdict {
             predicted_wait: Some(predicted_wait),
         };
     }
-    let advice = advise(arrival.queued_ahead, arrival.booked, rate);
-    Verdict::Shed {
-        predicted_wait,
-        retry_after: advice.retry_after,
-        bookable: advice.bookable,
-    }
-}
-
-/// When a request turned away should come back.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Advice {
-    pub retry_after: Duration,
-    /// Whether `retry_after` is within the booking horizon.
-    pub bookable: bool,
-}
-
-/// The advice for a request turned away with `queued_ahead` waiters ahead
-/// of it, the bookings held for others, and a drain of `rate` per second.
-pub fn advise(queued_ahead: usize, booked: HeldForOthers, rate: f64) -> Advice {
     // Back when every place ahead has drained: its first token then takes
     // the service time alone. Advised back when its place just met the
     // deadline, a retry waited up to the whole room again and its first token
@@ -277,14 +267,18 @@ pub fn advise(queued_ahead: usize, booked: HeldForOthers, rate: f64) -> Advice {
     // Places ahead are the queue, at the booking pace, and the calendar of
     // bookings, one interval past its latest date (module docs).
     let pace = rate * BOOKING_PACE;
-    let queue_drained = queued_ahead as f64 / pace;
-    let after_bookings = booked
+    let queue_drained = arrival.queued_ahead as f64 / pace;
+    let after_bookings = arrival
+        .booked
         .latest_due_in
         .map_or(0.0, |due_in| due_in.as_secs_f64() + 1.0 / pace);
     let seconds = queue_drained.max(after_bookings).ceil();
-    Advice {
-        retry_after: Duration::from_secs_f64(seconds).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER),
-        bookable: seconds <= MAX_RETRY_AFTER.as_secs_f64(),
+    let bookable = seconds <= MAX_RETRY_AFTER.as_secs_f64();
+    let retry_after = Duration::from_secs_f64(seconds).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
+    Verdict::Shed {
+        predicted_wait,
+        retry_after,
+        bookable,
     }
 }
 

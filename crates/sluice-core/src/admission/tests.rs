@@ -487,7 +487,7 @@ async fn booked_retries_pass_a_lowered_limit_two_at_a_time_until_their_first_tok
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_waiter_that_waits_out_the_limit_is_told_when_to_come_back_and_its_place_is_held() {
+async fn a_waiter_that_waits_out_the_limit_keeps_its_place_for_when_it_is_told_to_come_back() {
     let admission = admission(1);
     let mut running = admission.acquire("i").await.unwrap();
     let keyed = |retry_key| Urgency {
@@ -498,20 +498,34 @@ async fn a_waiter_that_waits_out_the_limit_is_told_when_to_come_back_and_its_pla
     settle().await;
     // Interactive requests take every place that opens, one each 2 s: the
     // batch waiter waits the whole 30 s while the queue drains at 0.5/s.
-    for _ in 0..15 {
+    for round in 0..15 {
         let next = spawn_acquire(&admission, "i", Urgency::default());
         settle().await;
+        if round == 14 {
+            // Five requests that came after it are shed and booked on the
+            // calendar, the last due 13 s after its wait runs out.
+            for key in 100..105 {
+                let shed = admission.acquire_with("i", due_in(1, key)).await;
+                assert!(matches!(shed, Err(Rejection::Shed { booked: true, .. })));
+            }
+        }
         tokio::time::advance(Duration::from_secs(2)).await;
         drop(running);
         running = next.await.unwrap().unwrap();
     }
     let rejection = waited_out.await.unwrap().unwrap_err();
-    let Rejection::WaitTimedOut { retry_after, .. } = rejection else {
-        panic!("{rejection:?}");
-    };
-    assert_eq!(admission.snapshot().booked, 1);
+    // Nothing is ahead of it when its wait runs out: back in the least
+    // time, 1 s, not behind the bookings made after it queued (16 s).
+    assert_eq!(
+        rejection,
+        Rejection::WaitTimedOut {
+            retry_after: Duration::from_secs(1),
+            booked: true,
+        }
+    );
+    assert_eq!(admission.snapshot().booked, 6);
     // Back as told, it goes ahead of a request that queued meanwhile.
-    tokio::time::advance(retry_after).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
     let fresh = spawn_acquire(&admission, "b", batch());
     settle().await;
     let retry = spawn_acquire(&admission, "b", keyed(7));
