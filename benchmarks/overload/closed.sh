@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 source benchmarks/lib.sh
 
 build_release
-OUT=$(result_dir overload-closed)
+OUT=$(result_dir "overload-closed${SUFFIX:-}")
 PORT=${PORT:-8386}
 URL="http://127.0.0.1:$PORT"
 # The engine's best prefill rate, for the cold burst's bound: one long
@@ -33,6 +33,10 @@ for scenario in ${SCENARIOS:-chat-c32 capacity-c75}; do
   ARGS=()
   # shellcheck source=/dev/null
   source "benchmarks/streaming/$scenario.scenario"
+  # e.g. EXTRA_ARGS=--ignore-eos: every admitted request the same length,
+  # so output tok/s compares the serving, not the sampled lengths.
+  read -r -a EXTRA <<<"${EXTRA_ARGS:-}"
+  ARGS+=("${EXTRA[@]}")
   for config in ${CONFIGS:-on off}; do
     governor_config "$config"
     name="$scenario-$GOVERNOR_NAME"
@@ -49,7 +53,7 @@ done
   echo
   echo "- machine: $(machine_line)"
   echo "- commit: $(git rev-parse --short=12 HEAD)"
-  echo "- command: ${CAPACITY:+CAPACITY=$CAPACITY }${CONFIGS:+CONFIGS=\"$CONFIGS\" }${SCENARIOS:+SCENARIOS=\"$SCENARIOS\" }benchmarks/overload/closed.sh"
+  echo "- command: ${CAPACITY:+CAPACITY=$CAPACITY }${CONFIGS:+CONFIGS=\"$CONFIGS\" }${SCENARIOS:+SCENARIOS=\"$SCENARIOS\" }${EXTRA_ARGS:+EXTRA_ARGS=$EXTRA_ARGS }benchmarks/overload/closed.sh"
   echo
   benchmarks/summarize.py "${REPORTS[@]}"
   echo

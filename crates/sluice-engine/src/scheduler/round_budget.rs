@@ -70,12 +70,14 @@ pub(super) fn overdraft(charged: u32, long_charged: u32, round_budget: u32) -> u
 }
 
 /// Budget units long pools earn per unit the short pool's step takes,
-/// while short work runs: short streams keep ~77 % of the engine (issue
-/// #14 asks short chats' TTFT within 1.5x of the same load alone). Three
-/// rag-mix runs put that ratio at 1.38x and 1.62x with 0.3, 1.51x with 0.2
-/// (benchmarks/results/*-rag-mix of 2026-12-07): run-to-run spread, not
-/// the share, decides it here, so documents keep the larger share.
-const LONG_SHARE_PER_SHORT_UNIT: f64 = 0.3;
+/// while short work runs. Issue #14 asks short chats' TTFT p95 within 1.5x
+/// of the same load alone; in a saturated closed loop TTFT grows as the
+/// short pool's share of the engine shrinks, and the tail more. With 0.3
+/// short chats kept ~75 % of the engine and four rag-mix runs put the ratio
+/// at 1.34-1.62x, with 0.2 at 1.51x (benchmarks/results/*-rag-mix of
+/// 2026-12-07): at the target's edge. 0.15 keeps ~86 % (the long pools'
+/// prefill floor is reserved out of the short step as well).
+const LONG_SHARE_PER_SHORT_UNIT: f64 = 0.15;
 
 /// A long pool with work steps at least this often whatever its share,
 /// so its streams' gaps stay bounded (a round is one step of each pool).
@@ -147,7 +149,7 @@ mod tests {
         }
         let taken = f64::from(long) / f64::from(short);
         assert!(
-            (0.25..=0.3).contains(&taken),
+            (0.8 * LONG_SHARE_PER_SHORT_UNIT..=LONG_SHARE_PER_SHORT_UNIT).contains(&taken),
             "long took {taken} per short unit"
         );
     }
