@@ -458,7 +458,9 @@ async fn follow_retry(client: &HttpClient, path: &str, body: Bytes, record: &mut
     let Some(wait) = record.retry_after_seconds.filter(|_| record.status == 429) else {
         return;
     };
-    let sent_at = record.start_seconds + wait;
+    // From the refusal, which came after a wait in the queue when the
+    // request waited out the server's limit.
+    let sent_at = record.start_seconds + record.e2e_seconds + wait;
     tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     let mut retry = RequestRecord::new(record.index, sent_at, record.warmup);
     retry.behaviour = record.behaviour;
