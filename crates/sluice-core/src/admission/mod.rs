@@ -564,13 +564,12 @@ impl Admission {
 }
 
 /// The answer to a waiter that waited `max_wait` at `place`: come back
-/// when the waiters and bookings ahead of it have drained (at the booking
-/// pace), its place held. Told only how long the whole queue takes to
-/// drain, without a place, a cold burst's last waiters came back to a queue
-/// refilled by then and were shed; given a new place on the bookings'
-/// calendar, they went behind every retry booked while they waited, and
-/// some past its horizon (benchmarks/results/2026-12-07-5a20ab7581d8- and
-/// 65ddb939caff-overload-closed, c75).
+/// when the waiters and bookings ahead of it have drained, its place held.
+/// Told only how long the whole queue takes to drain, without a place, a
+/// cold burst's last waiters came back to a queue refilled by then and
+/// were shed (benchmarks/results/2026-12-07-5a20ab7581d8-overload-closed,
+/// c75); given a new place on the bookings' calendar, they went behind
+/// every retry booked while they waited, some past its horizon.
 fn timed_out(state: &mut State, class: Priority, place: QueuePlace, key: u64) -> Rejection {
     let now = Instant::now().into_std();
     let Some(rate) = state.drain.sustained_per_second(now) else {
@@ -580,7 +579,7 @@ fn timed_out(state: &mut State, class: Priority, place: QueuePlace, key: u64) ->
         };
     };
     let ahead = waiters_ahead(state, class, place) + state.bookings.held_before(place.number, now);
-    let seconds = (ahead as f64 / (rate * shed::BOOKING_PACE)).ceil();
+    let seconds = (ahead as f64 / rate).ceil();
     let retry_after =
         Duration::from_secs_f64(seconds).clamp(shed::MIN_RETRY_AFTER, shed::MAX_RETRY_AFTER);
     let booked = seconds <= shed::MAX_RETRY_AFTER.as_secs_f64()

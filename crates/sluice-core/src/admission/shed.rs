@@ -20,8 +20,8 @@
 //! ahead of every request that joined the queue after it was booked. Without
 //! the booking, under sustained overload the queue would be full again by
 //! then and the advice would be a lottery. Bookings are a calendar: each is
-//! due one drain interval (at [`BOOKING_PACE`]) after the latest held, so
-//! retries come back no faster than the queue drains. Counted as places
+//! due one drain interval after the latest held, so retries come back no
+//! faster than the queue drains. Counted as places
 //! ahead instead, a due date moved earlier whenever bookings were claimed
 //! faster than the pace, dates piled onto the same seconds, and the
 //! retries due together waited for each other: booked retries' TTFT p95
@@ -65,13 +65,6 @@ pub const BOOKING_GRACE: Duration = Duration::from_secs(10);
 pub const BOOKING_EARLY: Duration = Duration::from_secs(2);
 /// Most bookings held at once.
 pub const MAX_BOOKINGS: usize = 1024;
-/// The share of the measured drain rate a `Retry-After` counts on. Advice
-/// computed at the measured rate would, with a rate measured a little
-/// high, bring retries back before their place is near the front, and
-/// they would wait past their deadline (measured: a 10-20 % error left
-/// booked retries 30 s TTFT); counting on less, a retry finds its place
-/// near the front and fresh requests take what is left.
-pub const BOOKING_PACE: f64 = 0.8;
 
 /// Admissions per second over [`DRAIN_WINDOW`] and [`SUSTAINED_WINDOW`]:
 /// one queue of admission times per window, so each read and each record
@@ -264,14 +257,19 @@ pub fn decide(arrival: &Arrival) -> Verdict {
     // came at the deadline plus the service time's spread: booked retries'
     // TTFT p95 11.7 s against a 10 s SLO, first attempts 8.2 s
     // (benchmarks/results/2026-12-06-e9f221286bcf-overload, 2x load).
-    // Places ahead are the queue, at the booking pace, and the calendar of
-    // bookings, one interval past its latest date (module docs).
-    let pace = rate * BOOKING_PACE;
-    let queue_drained = arrival.queued_ahead as f64 / pace;
+    // Places ahead are the queue and the calendar of bookings, one
+    // interval past its latest date (module docs), at the measured rate.
+    // Counted at 0.8 of it, in a closed loop where every place that opened
+    // went to a booked client, places opened faster than clients came back:
+    // at 75 streams the engine ran 39-48 decodes where the governor's limit
+    // allowed 56-66, output 3.8 % under the governor off's
+    // (benchmarks/results/2026-12-07-858d5af9c555-overload-closed-fixed-length;
+    // at the rate, -88308640c5aa-...-pace1: 7.8 % over it).
+    let queue_drained = arrival.queued_ahead as f64 / rate;
     let after_bookings = arrival
         .booked
         .latest_due_in
-        .map_or(0.0, |due_in| due_in.as_secs_f64() + 1.0 / pace);
+        .map_or(0.0, |due_in| due_in.as_secs_f64() + 1.0 / rate);
     let seconds = queue_drained.max(after_bookings).ceil();
     let bookable = seconds <= MAX_RETRY_AFTER.as_secs_f64();
     let retry_after = Duration::from_secs_f64(seconds).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
@@ -313,13 +311,13 @@ mod tests {
     #[test]
     fn one_that_would_miss_is_shed_with_the_time_the_queue_ahead_drains() {
         // 9 ahead: 20 s wait, 8 s of room. All 9 drain first, at 0.5/s:
-        // 18 s, counted at the booking pace: 22.5 s.
+        // 18 s.
         let verdict = decide(&arrival(9, 0.5, 10));
         assert_eq!(
             verdict,
             Verdict::Shed {
                 predicted_wait: Duration::from_secs(20),
-                retry_after: Duration::from_secs(23),
+                retry_after: Duration::from_secs(18),
                 bookable: true,
             }
         );
@@ -335,9 +333,9 @@ mod tests {
     #[test]
     fn a_shed_request_is_booked_one_drain_interval_after_the_latest_booking() {
         // 2 queued and 3 booked, the latest due in 20 s: (2 + 3 + 1) / 0.5
-        // = 12 s of wait, 8 s of room. At the booking pace (0.4/s) a place
-        // opens every 2.5 s: due 22.5 s from now, after that booking, not
-        // at (2 + 3) / 0.4 = 12.5 s, among the retries already due then.
+        // = 12 s of wait, 8 s of room. A place opens every 2 s: due 22 s
+        // from now, after that booking, not at (2 + 3) / 0.5 = 10 s, among
+        // the retries already due then.
         let booked = Arrival {
             booked: HeldForOthers {
                 count: 3,
@@ -349,7 +347,7 @@ mod tests {
             decide(&booked),
             Verdict::Shed {
                 predicted_wait: Duration::from_secs(12),
-                retry_after: Duration::from_secs(23),
+                retry_after: Duration::from_secs(22),
                 bookable: true,
             }
         );
@@ -363,7 +361,7 @@ mod tests {
         };
         assert!(matches!(
             decide(&soon),
-            Verdict::Shed { retry_after, .. } if retry_after == Duration::from_secs(23)
+            Verdict::Shed { retry_after, .. } if retry_after == Duration::from_secs(18)
         ));
     }
 
