@@ -87,7 +87,8 @@ pub enum Rejection {
     /// The queue is full.
     QueueFull { retry_after: Duration },
     /// The request waited `max_wait` without a free permit; `retry_after`
-    /// is the advice a request shed then gets, its place held when `booked`.
+    /// is when what is ahead of it will have drained, its place held for it
+    /// when `booked`.
     WaitTimedOut { retry_after: Duration, booked: bool },
     /// The tenant is at its concurrency cap and its queue share is used up.
     TenantQueueFull { retry_after: Duration },
