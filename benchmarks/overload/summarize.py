@@ -4,7 +4,9 @@ window, its retry (when the client followed Retry-After) counted as the same
 request. Goodput: requests whose last attempt met the SLO (TTFT and mean
 inter-token gap), per second of the window their first attempts were sent
 in. Output tok/s: the admitted requests' tokens over the time from the
-first send to the last end.
+first send to the last end; steady: the tokens that arrived from the end of
+the warm-up to the last send (first attempt or retry), while every client was
+still sending, over that span (warm-up requests' tokens in it included).
 
 Usage: summarize.py CAPACITY_RPS REPORT.json[.gz] ...
 """
@@ -33,6 +35,21 @@ def met(record, slo):
     gaps = record.get("itl_seconds") or []
     mean_gap = sum(gaps) / len(gaps) if gaps else 0.0
     return ttft is not None and ttft <= slo["ttft"] and mean_gap <= slo["itl"]
+
+
+def tokens_arrived_between(record, start, end):
+    """Tokens whose chunk arrived in [start, end], as the bench report counts them."""
+    ttft = record.get("ttft_seconds")
+    if ttft is None:
+        return 0.0
+    tokens = record.get("usage_completion_tokens") or record.get("content_chunks") or 0
+    per_chunk = tokens / max(record.get("content_chunks") or 1, 1)
+    at = record["start_seconds"] + ttft
+    count = int(start <= at <= end)
+    for gap in record.get("itl_seconds") or []:
+        at += gap
+        count += int(start <= at <= end)
+    return count * per_chunk
 
 
 def fmt(value, unit="s", digits=2):
@@ -64,6 +81,13 @@ def row(report, capacity):
     ]
     booked_ttfts = [r["ttft_seconds"] for r in booked if r["status"] == 200 and r.get("ttft_seconds") is not None]
     ends = [f["start_seconds"] + f["e2e_seconds"] for f in admitted]
+    steady_start = report["plan"].get("warmup_seconds") or 0.0
+    every = report["requests"]
+    every_attempt = every + [r["retry"] for r in every if r.get("retry")]
+    steady_end = max(r["start_seconds"] for r in every_attempt)
+    steady_tokens = sum(
+        tokens_arrived_between(r, steady_start, steady_end) for r in every_attempt if r["status"] == 200
+    )
     span = (max(ends) - min(starts)) if ends and starts else 0.0
     plan = report["plan"]["shape"]
     rate = plan.get("rate")
@@ -90,6 +114,9 @@ def row(report, capacity):
         "goodput_rps": len(good) / window,
         "goodput_of_capacity": len(good) / window / capacity if capacity else None,
         "output_tok_s": tokens / span if span > 0 else 0.0,
+        "steady_output_tok_s": steady_tokens / (steady_end - steady_start)
+        if steady_end > steady_start
+        else 0.0,
     }
 
 
@@ -99,7 +126,7 @@ def main():
     print(f"capacity: {capacity:.3f} req/s; SLO TTFT 10 s, mean inter-token gap 2 s\n")
     print(
         "| run | load | requests | shed (answer p99) | retries admitted (booked) | admitted "
-        "| TTFT p50 / p95 of admitted | ITL p99 | goodput | of capacity | output tok/s |"
+        "| TTFT p50 / p95 of admitted | ITL p99 | goodput | of capacity | output tok/s (whole / steady) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -110,7 +137,7 @@ def main():
             f"| {r['admitted']} "
             f"| {fmt(r['ttft_p50_s'])} / {fmt(r['ttft_p95_s'])} | {fmt(r['itl_p99_s'])} "
             f"| {fmt(r['goodput_rps'], 'req/s', 3)} | {fmt(r['goodput_of_capacity'] and 100 * r['goodput_of_capacity'], '%', 0)} "
-            f"| {r['output_tok_s']:.1f} |"
+            f"| {r['output_tok_s']:.1f} / {r['steady_output_tok_s']:.1f} |"
         )
     print("\nTTFT by attempt (admitted only; a booked retry's TTFT counts from its resend):\n")
     print("| run | first attempts admitted | first attempts TTFT p50 / p95 | booked retries TTFT p50 / p95 |")
