@@ -40,7 +40,7 @@ use crate::rate::TokenBucket;
 pub use charge::{TokenCharge, TokenLedger};
 pub use permit::Permit;
 use queue::{
-    QueueExit, QueuePlace, Waiter, min_backlogged_virtual, queued_ahead, retry_after, waiters_ahead,
+    QueueExit, QueuePlace, Waiter, min_backlogged_virtual, queued_ahead, retry_after, timed_out,
 };
 use shed::{Arrival, Bookings, DrainRate, Verdict};
 pub use urgency::{Priority, Urgency};
@@ -561,35 +561,6 @@ impl Admission {
             state.queued -= 1;
             state.queued_by_class[class.index()] -= 1;
         }
-    }
-}
-
-/// The answer to a waiter that waited `max_wait` at `place`: come back
-/// when the waiters and bookings ahead of it have drained, its place held.
-/// Told only how long the whole queue takes to drain, without a place, a
-/// cold burst's last waiters came back to a queue refilled by then and
-/// were shed (benchmarks/results/2026-12-07-5a20ab7581d8-overload-closed,
-/// c75); given a new place on the bookings' calendar, they went behind
-/// every retry booked while they waited, some past its horizon.
-fn timed_out(state: &mut State, class: Priority, place: QueuePlace, key: u64) -> Rejection {
-    let now = Instant::now().into_std();
-    let Some(rate) = state.drain.sustained_per_second(now) else {
-        return Rejection::WaitTimedOut {
-            retry_after: retry_after(state),
-            booked: false,
-        };
-    };
-    let ahead = waiters_ahead(state, class, place) + state.bookings.held_before(place.number, now);
-    let seconds = (ahead as f64 / rate).ceil();
-    let retry_after =
-        Duration::from_secs_f64(seconds).clamp(shed::MIN_RETRY_AFTER, shed::MAX_RETRY_AFTER);
-    let booked = seconds <= shed::MAX_RETRY_AFTER.as_secs_f64()
-        && state
-            .bookings
-            .book(key, now + retry_after, place.number, now);
-    Rejection::WaitTimedOut {
-        retry_after,
-        booked,
     }
 }
 

@@ -1,5 +1,6 @@
-//! A waiter in admission's queues: where it stands, and how it leaves when
-//! its request goes away without a permit.
+//! A waiter in admission's queues: where it stands, how it leaves when its
+//! request goes away without a permit, and what it is told when it waits
+//! out `max_wait`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::shed::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
-use super::{Admission, Permit, Priority, State};
+use super::{Admission, Permit, Priority, Rejection, State};
 
 pub(super) struct Waiter {
     pub(super) id: u64,
@@ -65,7 +66,7 @@ pub(super) fn queued_ahead(state: &State, class: Priority) -> usize {
 
 /// Waiters a request of `class` at `place` has ahead of it, whatever their
 /// tenant: those of classes above and those of its own with an earlier place.
-pub(super) fn waiters_ahead(state: &State, class: Priority, place: QueuePlace) -> usize {
+fn waiters_ahead(state: &State, class: Priority, place: QueuePlace) -> usize {
     let own = class.index();
     let earlier_of_its_class: usize = state
         .tenants
@@ -85,4 +86,37 @@ pub(super) fn retry_after(state: &mut State) -> Duration {
             (state.queued as f64 + 1.0) / rate
         });
     Duration::from_secs_f64(seconds.ceil()).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
+}
+
+/// The answer to a waiter that waited `max_wait` at `place`: come back
+/// when the waiters and bookings ahead of it have drained, its place held.
+/// Told only how long the whole queue takes to drain, without a place, a
+/// cold burst's last waiters came back to a queue refilled by then and
+/// were shed (benchmarks/results/2026-12-07-5a20ab7581d8-overload-closed,
+/// c75); given a new place on the bookings' calendar, they went behind
+/// every retry booked while they waited, some past its horizon.
+pub(super) fn timed_out(
+    state: &mut State,
+    class: Priority,
+    place: QueuePlace,
+    key: u64,
+) -> Rejection {
+    let now = Instant::now().into_std();
+    let Some(rate) = state.drain.sustained_per_second(now) else {
+        return Rejection::WaitTimedOut {
+            retry_after: retry_after(state),
+            booked: false,
+        };
+    };
+    let ahead = waiters_ahead(state, class, place) + state.bookings.held_before(place.number, now);
+    let seconds = (ahead as f64 / rate).ceil();
+    let retry_after = Duration::from_secs_f64(seconds).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
+    let booked = seconds <= MAX_RETRY_AFTER.as_secs_f64()
+        && state
+            .bookings
+            .book(key, now + retry_after, place.number, now);
+    Rejection::WaitTimedOut {
+        retry_after,
+        booked,
+    }
 }
