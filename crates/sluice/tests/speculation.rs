@@ -109,10 +109,13 @@ async fn a_short_repeat_is_served_wholly_from_the_cache() {
     assert_eq!(usage["completion_tokens"], 3);
     assert_eq!(usage["prompt_tokens"], first_usage["prompt_tokens"]);
     assert_eq!(second.concat(), first[..second.len()].concat());
-    assert_eq!(
-        metric("sluice:engine_steps_total").await,
-        steps,
-        "the engine did no work"
+    // The engine counts a step after its tokens have gone out, so the first
+    // request's last step may be counted only now. Had the engine served
+    // the repeat, its three tokens would have taken three steps or more.
+    let steps_since = metric("sluice:engine_steps_total").await - steps;
+    assert!(
+        steps_since <= 1.0,
+        "the engine did no work for the repeat ({steps_since} steps)"
     );
 }
 
