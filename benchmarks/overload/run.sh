@@ -6,13 +6,15 @@
 # streams with the same requests (2.5 minutes), unless CAPACITY (req/s) is
 # given. RATES: the multiples (default "0.5 1 1.5 2"); CONFIGS: "on off"
 # (another name runs with benchmarks/governor/<name>.yaml);
-# DURATION: seconds per run (default 300). About 45 minutes for all.
+# DURATION: seconds per run (default 300); SUFFIX: appended to the
+# results folder's name (a second run on one commit). About 45 minutes for all.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/lib.sh
 
 build_release
-OUT=$(result_dir overload)
+OUT=$(result_dir "overload${SUFFIX:-}")
+GIVEN_CAPACITY=${CAPACITY:-}
 PORT=${PORT:-8384}
 URL="http://127.0.0.1:$PORT"
 DURATION=${DURATION:-300}
@@ -58,7 +60,7 @@ done
   echo
   echo "- machine: $(machine_line)"
   echo "- commit: $(git rev-parse --short=12 HEAD)"
-  echo "- command: ${CAPACITY:+CAPACITY=$CAPACITY }${CONFIGS:+CONFIGS=\"$CONFIGS\" }${RATES:+RATES=\"$RATES\" }${DURATION:+DURATION=$DURATION }benchmarks/overload/run.sh"
+  echo "- command: ${GIVEN_CAPACITY:+CAPACITY=$GIVEN_CAPACITY }${CONFIGS:+CONFIGS=\"$CONFIGS\" }${RATES:+RATES=\"$RATES\" }${DURATION:+DURATION=$DURATION }${SUFFIX:+SUFFIX=$SUFFIX }benchmarks/overload/run.sh"
   echo
   benchmarks/overload/summarize.py "$CAPACITY" "${REPORTS[@]}" 2>"$OUT/summary.json"
 } >"$OUT/summary.md"
