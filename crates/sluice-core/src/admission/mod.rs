@@ -362,13 +362,14 @@ impl Admission {
                 Verdict::Shed {
                     predicted_wait,
                     retry_after,
-                    bookable,
+                    place_in,
                 } => {
                     let place = state.next_waiter;
-                    let booked = bookable
-                        && state
+                    let booked = place_in.is_some_and(|place_in| {
+                        state
                             .bookings
-                            .book(urgency.retry_key, now + retry_after, place, now);
+                            .book(urgency.retry_key, now + place_in, place, now)
+                    });
                     return Err(Rejection::Shed {
                         retry_after,
                         predicted_wait,

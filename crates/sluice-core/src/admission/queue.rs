@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::shed::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
+use super::shed::{self, MAX_RETRY_AFTER, MIN_RETRY_AFTER};
 use super::{Admission, Permit, Priority, Rejection, State};
 
 pub(super) struct Waiter {
@@ -109,12 +109,9 @@ pub(super) fn timed_out(
         };
     };
     let ahead = waiters_ahead(state, class, place) + state.bookings.held_before(place.number, now);
-    let seconds = (ahead as f64 / rate).ceil();
-    let retry_after = Duration::from_secs_f64(seconds).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
-    let booked = seconds <= MAX_RETRY_AFTER.as_secs_f64()
-        && state
-            .bookings
-            .book(key, now + retry_after, place.number, now);
+    let (retry_after, place_in) = shed::advice(ahead as f64 / rate);
+    let booked = place_in
+        .is_some_and(|place_in| state.bookings.book(key, now + place_in, place.number, now));
     Rejection::WaitTimedOut {
         retry_after,
         booked,

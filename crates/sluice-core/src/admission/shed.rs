@@ -223,9 +223,11 @@ pub enum Verdict {
     /// It would miss its deadline: turned away, told when to come back.
     Shed {
         predicted_wait: Duration,
+        /// Whole seconds, as `Retry-After` carries them.
         retry_after: Duration,
-        /// Whether `retry_after` is within the booking horizon.
-        bookable: bool,
+        /// When its place on the calendar comes, from now, to the
+        /// fraction of a second; None past the booking horizon.
+        place_in: Option<Duration>,
     },
 }
 
@@ -274,14 +276,29 @@ pub fn decide(arrival: &Arrival) -> Verdict {
         .booked
         .latest_due_in
         .map_or(0.0, |due_in| due_in.as_secs_f64() + 1.0 / rate);
-    let seconds = queue_drained.max(after_bookings).ceil();
-    let bookable = seconds <= MAX_RETRY_AFTER.as_secs_f64();
-    let retry_after = Duration::from_secs_f64(seconds).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
+    let (retry_after, place_in) = advice(queue_drained.max(after_bookings));
     Verdict::Shed {
         predicted_wait,
         retry_after,
-        bookable,
+        place_in,
     }
+}
+
+/// `Retry-After` for a place `seconds` from now (whole seconds, rounded
+/// up), and the place's exact time when it is within the horizon. The
+/// place itself is not rounded: each booking is due one drain interval
+/// after the latest, and rounding each up to a whole second spaced them
+/// half a second wider on average: at 2x, 13-14 bookings fell due per 30 s
+/// where 17-23 places opened, the engine ran 19-27 streams after the
+/// arrivals stopped, and 50 of 312 refusals fell past the horizon
+/// (benchmarks/results/2026-12-07-2f5bec42d4fb-overload-pair-horizon300).
+pub fn advice(seconds: f64) -> (Duration, Option<Duration>) {
+    // Sums of drain intervals land a hair past whole seconds they equal.
+    let whole = (seconds - 1e-6).ceil();
+    let retry_after = Duration::from_secs_f64(whole).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
+    let place_in =
+        (whole <= MAX_RETRY_AFTER.as_secs_f64()).then(|| Duration::from_secs_f64(seconds.max(0.0)));
+    (retry_after, place_in)
 }
 
 #[cfg(test)]
@@ -322,7 +339,7 @@ mod tests {
             Verdict::Shed {
                 predicted_wait: Duration::from_secs(20),
                 retry_after: Duration::from_secs(18),
-                bookable: true,
+                place_in: Some(Duration::from_secs(18)),
             }
         );
         // Coming back with the queue drained, it is next.
@@ -352,7 +369,7 @@ mod tests {
             Verdict::Shed {
                 predicted_wait: Duration::from_secs(12),
                 retry_after: Duration::from_secs(22),
-                bookable: true,
+                place_in: Some(Duration::from_secs(22)),
             }
         );
         // Bookings due before the queue has drained leave the queue's time.
@@ -367,6 +384,38 @@ mod tests {
             decide(&soon),
             Verdict::Shed { retry_after, .. } if retry_after == Duration::from_secs(18)
         ));
+    }
+
+    #[test]
+    fn successive_bookings_fall_due_one_drain_interval_apart_not_whole_seconds() {
+        // A place opens every 1 / 0.6 = 1.67 s; five queued ahead drain in
+        // 8.33 s. Twelve refusals in a row, each booked after the latest.
+        let mut latest_due_in = None;
+        let mut advice = Vec::new();
+        for count in 0..12 {
+            let verdict = decide(&Arrival {
+                booked: HeldForOthers {
+                    count,
+                    latest_due_in,
+                },
+                ..arrival(5, 0.6, 10)
+            });
+            let Verdict::Shed {
+                retry_after,
+                place_in,
+                ..
+            } = verdict
+            else {
+                panic!("{verdict:?}");
+            };
+            latest_due_in = place_in;
+            advice.push(retry_after.as_secs());
+        }
+        // The twelfth is due 8.33 + 11 x 1.67 = 26.67 s from now, at the
+        // rate places open; rounded up at each booking it was 31 s.
+        let last = latest_due_in.unwrap().as_secs_f64();
+        assert!((last - 8.0 / 0.6 * 2.0).abs() < 1e-6, "{last}");
+        assert_eq!(advice, [9, 10, 12, 14, 15, 17, 19, 20, 22, 24, 25, 27]);
     }
 
     #[test]
@@ -406,7 +455,7 @@ mod tests {
             Verdict::Shed {
                 predicted_wait: Duration::from_secs(402),
                 retry_after: MAX_RETRY_AFTER,
-                bookable: false,
+                place_in: None,
             }
         );
     }
