@@ -346,12 +346,20 @@ impl Admission {
                     predicted_wait: None,
                 }
             } else {
-                let booked = state.bookings.held_for_others(urgency.retry_key, now);
+                // Bookings due before its first token must come go ahead.
+                let within = urgency
+                    .deadline
+                    .unwrap_or(shed::MAX_RETRY_AFTER)
+                    .saturating_sub(state.service);
+                let booked = state
+                    .bookings
+                    .held_for_others(urgency.retry_key, now, within);
                 let arrival = Arrival {
                     must_wait,
                     queued_ahead: ahead,
                     booked,
                     drain_per_second: state.drain.sustained_per_second(now),
+                    calendar_per_second: state.drain.calendar_per_second(now),
                     service: state.service,
                     deadline: urgency.deadline,
                 };
@@ -533,6 +541,7 @@ impl Admission {
             let mut state = self.lock();
             state.active_by_class[class.index()] -= 1;
             state.overdraft_active -= u32::from(overdraft);
+            state.drain.record_end(Instant::now().into_std());
             if let Some(tenant_state) = state.tenants.get_mut(tenant) {
                 tenant_state.active -= 1;
             }

@@ -102,7 +102,7 @@ pub(super) fn timed_out(
     key: u64,
 ) -> Rejection {
     let now = Instant::now().into_std();
-    let Some(rate) = state.drain.sustained_per_second(now) else {
+    let Some(rate) = state.drain.calendar_per_second(now) else {
         return Rejection::WaitTimedOut {
             retry_after: retry_after(state),
             booked: false,

@@ -69,14 +69,35 @@ pub const BOOKING_GRACE: Duration = Duration::from_secs(10);
 pub const BOOKING_EARLY: Duration = Duration::from_secs(2);
 /// Most bookings held at once.
 pub const MAX_BOOKINGS: usize = 1024;
+/// The share of the rate streams end at that the calendar books: a
+/// promise minutes ahead is kept only if places open at least that fast
+/// then. Booked at the rate, retries came back as fast as streams ended,
+/// the queue of booked retries grew over the run and their first tokens
+/// came 12-16 s after their return (1.5x load); rounded-up dates had
+/// booked at ~0.78 of the rate and every retry met the SLO
+/// (benchmarks/results/2026-12-07-f25b6ce2b7f7-overload).
+pub const CALENDAR_SHARE: f64 = 0.9;
 
 /// Admissions per second over [`DRAIN_WINDOW`] and [`SUSTAINED_WINDOW`]:
 /// one queue of admission times per window, so each read and each record
 /// costs O(1) amortised whatever the admission rate.
+/// Also the streams that ended over [`SUSTAINED_WINDOW`], for the
+/// calendar ([`Self::calendar_per_second`]).
 #[derive(Debug, Default)]
 pub struct DrainRate {
     recent: VecDeque<Instant>,
     sustained: VecDeque<Instant>,
+    ended: VecDeque<Instant>,
+}
+
+/// Events in `times` per second over [`SUSTAINED_WINDOW`], counted from
+/// the oldest when that is younger, over no less than [`DRAIN_WINDOW`].
+fn sustained_rate(times: &VecDeque<Instant>, now: Instant) -> Option<f64> {
+    let oldest = *times.front()?;
+    let span = now
+        .saturating_duration_since(oldest)
+        .clamp(DRAIN_WINDOW, SUSTAINED_WINDOW);
+    Some(times.len() as f64 / span.as_secs_f64())
 }
 
 impl DrainRate {
@@ -86,9 +107,34 @@ impl DrainRate {
         self.expire(now);
     }
 
+    /// A stream ended: its place opened.
+    pub fn record_end(&mut self, now: Instant) {
+        self.ended.push_back(now);
+        self.expire(now);
+    }
+
     fn expire(&mut self, now: Instant) {
         expire(&mut self.recent, now, DRAIN_WINDOW);
         expire(&mut self.sustained, now, SUSTAINED_WINDOW);
+        expire(&mut self.ended, now, SUSTAINED_WINDOW);
+    }
+
+    /// The pace the calendar books at: [`CALENDAR_SHARE`] of the rate
+    /// streams ended over [`SUSTAINED_WINDOW`], once [`MIN_ADMISSIONS`]
+    /// did; before that (a cold start) of [`Self::sustained_per_second`].
+    /// Ends, not admissions: a place promised minutes ahead opens when a
+    /// stream ends. Admissions also count the prompt gate filling the
+    /// engine and booked retries passing the limit: at 1.5x, 103 admissions
+    /// against 98 ends from 150 s to 300 s, and the retries booked on them
+    /// queued longer the later they came.
+    pub fn calendar_per_second(&mut self, now: Instant) -> Option<f64> {
+        self.expire(now);
+        let rate = if self.ended.len() >= MIN_ADMISSIONS {
+            sustained_rate(&self.ended, now)
+        } else {
+            self.sustained_per_second(now)
+        };
+        rate.map(|rate| rate * CALENDAR_SHARE)
     }
 
     /// Admissions per second over [`DRAIN_WINDOW`]; None until it holds
@@ -106,11 +152,7 @@ impl DrainRate {
     /// ago), but over no less than [`DRAIN_WINDOW`].
     pub fn sustained_per_second(&mut self, now: Instant) -> Option<f64> {
         let recent = self.per_second(now)?;
-        let oldest = *self.sustained.front()?;
-        let span = now
-            .saturating_duration_since(oldest)
-            .clamp(DRAIN_WINDOW, SUSTAINED_WINDOW);
-        Some(recent.min(self.sustained.len() as f64 / span.as_secs_f64()))
+        Some(recent.min(sustained_rate(&self.sustained, now)?))
     }
 }
 
@@ -135,13 +177,15 @@ impl Bookings {
             .retain(|booking| now.saturating_duration_since(booking.due) <= BOOKING_GRACE);
     }
 
-    /// Bookings still held, but for `key`'s own: how many, and when the
-    /// latest of them is due.
-    pub fn held_for_others(&mut self, key: u64, now: Instant) -> HeldForOthers {
+    /// Bookings still held, but for `key`'s own: how many fall due within
+    /// `within` from now, and when the latest of them all is due.
+    pub fn held_for_others(&mut self, key: u64, now: Instant, within: Duration) -> HeldForOthers {
         self.expire(now);
         let others = || self.held.iter().filter(|booking| booking.key != key);
         HeldForOthers {
-            count: others().count(),
+            count: others()
+                .filter(|booking| booking.due <= now + within)
+                .count(),
             latest_due_in: others()
                 .map(|booking| booking.due.saturating_duration_since(now))
                 .max(),
@@ -193,6 +237,10 @@ impl Bookings {
 /// The bookings held for other requests, as an arrival sees them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct HeldForOthers {
+    /// Those due before the arrival's first token must come: they take
+    /// places before it. One due later takes a place after it if it is
+    /// admitted in time; counted, a calendar minutes long would turn away
+    /// every arrival while its bookings come due one by one.
     pub count: usize,
     /// From now until the latest of them is due; None when none is held.
     pub latest_due_in: Option<Duration>,
@@ -210,6 +258,9 @@ pub struct Arrival {
     pub booked: HeldForOthers,
     /// Permits released per second, when measured.
     pub drain_per_second: Option<f64>,
+    /// The bookings' pace ([`DrainRate::calendar_per_second`]); the
+    /// drain rate when None.
+    pub calendar_per_second: Option<f64>,
     /// Admission to first token, as the governor last measured it.
     pub service: Duration,
     /// Longest it may take to its first token; None: no deadline.
@@ -272,10 +323,14 @@ pub fn decide(arrival: &Arrival) -> Verdict {
     // (benchmarks/results/2026-12-07-858d5af9c555-overload-closed-fixed-length;
     // at the rate, -88308640c5aa-...-pace1: 7.8 % over it).
     let queue_drained = arrival.queued_ahead as f64 / rate;
+    let pace = arrival
+        .calendar_per_second
+        .filter(|pace| *pace > 0.0)
+        .unwrap_or(rate);
     let after_bookings = arrival
         .booked
         .latest_due_in
-        .map_or(0.0, |due_in| due_in.as_secs_f64() + 1.0 / rate);
+        .map_or(0.0, |due_in| due_in.as_secs_f64() + 1.0 / pace);
     let (retry_after, place_in) = advice(queue_drained.max(after_bookings));
     Verdict::Shed {
         predicted_wait,
@@ -311,6 +366,7 @@ mod tests {
             queued_ahead,
             booked: HeldForOthers::default(),
             drain_per_second: Some(rate),
+            calendar_per_second: None,
             service: Duration::from_secs(2),
             deadline: Some(Duration::from_secs(deadline_s)),
         }
@@ -518,13 +574,52 @@ mod tests {
     }
 
     #[test]
+    fn the_calendar_paces_at_a_share_of_the_rate_streams_end_once_enough_have() {
+        let start = Instant::now();
+        let at = |millis| start + Duration::from_millis(millis);
+        let mut drain = DrainRate::default();
+        // A cold start: 30 admissions in 30 s, and three streams ended,
+        // too few to count on.
+        for second in 0..30 {
+            drain.record(at(second * 1000));
+        }
+        for millis in [27_000, 28_000, 29_000] {
+            drain.record_end(at(millis));
+        }
+        let now = at(30_000);
+        assert_eq!(drain.sustained_per_second(now), Some(1.0));
+        assert_eq!(drain.calendar_per_second(now), Some(0.9));
+        // Four are enough: over the 20 s floor of the window, 0.2 per
+        // second, while admissions still read 1 per second.
+        drain.record_end(at(29_500));
+        let pace = drain.calendar_per_second(now).unwrap();
+        assert!((pace - 0.9 * 0.2).abs() < 1e-9, "{pace}");
+    }
+
+    #[test]
+    fn only_bookings_due_within_the_window_count_but_the_latest_is_the_latest_of_all() {
+        let now = Instant::now();
+        let mut bookings = Bookings::default();
+        for (key, due) in [(1, 5), (2, 20), (3, 40)] {
+            assert!(bookings.book(key, now + Duration::from_secs(due), key, now));
+        }
+        assert_eq!(
+            bookings.held_for_others(9, now, Duration::from_secs(10)),
+            HeldForOthers {
+                count: 1,
+                latest_due_in: Some(Duration::from_secs(40))
+            }
+        );
+    }
+
+    #[test]
     fn a_booking_is_claimed_by_its_key_when_due_and_lapses_after_its_grace() {
         let now = Instant::now();
         let mut bookings = Bookings::default();
         assert!(bookings.book(7, now + Duration::from_secs(12), 40, now));
         assert!(bookings.book(8, now + Duration::from_secs(13), 41, now));
         assert_eq!(
-            bookings.held_for_others(7, now),
+            bookings.held_for_others(7, now, MAX_RETRY_AFTER),
             HeldForOthers {
                 count: 1,
                 latest_due_in: Some(Duration::from_secs(13))
@@ -544,7 +639,7 @@ mod tests {
         );
         assert_eq!(bookings.len(), 1);
         assert_eq!(
-            bookings.held_for_others(0, now + Duration::from_secs(24)),
+            bookings.held_for_others(0, now + Duration::from_secs(24), MAX_RETRY_AFTER),
             HeldForOthers::default(),
             "lapsed 10 s after its time"
         );
