@@ -77,11 +77,17 @@ pub const MAX_BOOKINGS: usize = 1024;
 /// booked at ~0.78 of the rate and every retry met the SLO
 /// (benchmarks/results/2026-12-07-f25b6ce2b7f7-overload).
 pub const CALENDAR_SHARE: f64 = 0.9;
+/// How far back stream ends count towards the calendar's pace. Its
+/// promises reach minutes ahead; over one minute, the streams a cold
+/// burst admitted together, ending together, read as a rate the engine
+/// did not keep, and at 2x the retries booked on it queued 8-14 s
+/// (benchmarks/results/2026-12-07-b3751b5ac3eb-overload).
+pub const CALENDAR_WINDOW: Duration = Duration::from_secs(120);
 
 /// Admissions per second over [`DRAIN_WINDOW`] and [`SUSTAINED_WINDOW`]:
 /// one queue of admission times per window, so each read and each record
 /// costs O(1) amortised whatever the admission rate.
-/// Also the streams that ended over [`SUSTAINED_WINDOW`], for the
+/// Also the streams that ended over [`CALENDAR_WINDOW`], for the
 /// calendar ([`Self::calendar_per_second`]).
 #[derive(Debug, Default)]
 pub struct DrainRate {
@@ -90,13 +96,13 @@ pub struct DrainRate {
     ended: VecDeque<Instant>,
 }
 
-/// Events in `times` per second over [`SUSTAINED_WINDOW`], counted from
-/// the oldest when that is younger, over no less than [`DRAIN_WINDOW`].
-fn sustained_rate(times: &VecDeque<Instant>, now: Instant) -> Option<f64> {
+/// Events in `times` per second over `window`, counted from the oldest
+/// when that is younger, over no less than [`DRAIN_WINDOW`].
+fn rate_over(times: &VecDeque<Instant>, now: Instant, window: Duration) -> Option<f64> {
     let oldest = *times.front()?;
     let span = now
         .saturating_duration_since(oldest)
-        .clamp(DRAIN_WINDOW, SUSTAINED_WINDOW);
+        .clamp(DRAIN_WINDOW, window);
     Some(times.len() as f64 / span.as_secs_f64())
 }
 
@@ -116,11 +122,11 @@ impl DrainRate {
     fn expire(&mut self, now: Instant) {
         expire(&mut self.recent, now, DRAIN_WINDOW);
         expire(&mut self.sustained, now, SUSTAINED_WINDOW);
-        expire(&mut self.ended, now, SUSTAINED_WINDOW);
+        expire(&mut self.ended, now, CALENDAR_WINDOW);
     }
 
     /// The pace the calendar books at: [`CALENDAR_SHARE`] of the rate
-    /// streams ended over [`SUSTAINED_WINDOW`], once [`MIN_ADMISSIONS`]
+    /// streams ended over [`CALENDAR_WINDOW`], once [`MIN_ADMISSIONS`]
     /// did; before that (a cold start) of [`Self::sustained_per_second`].
     /// Ends, not admissions: a place promised minutes ahead opens when a
     /// stream ends. Admissions also count the prompt gate filling the
@@ -130,7 +136,7 @@ impl DrainRate {
     pub fn calendar_per_second(&mut self, now: Instant) -> Option<f64> {
         self.expire(now);
         let rate = if self.ended.len() >= MIN_ADMISSIONS {
-            sustained_rate(&self.ended, now)
+            rate_over(&self.ended, now, CALENDAR_WINDOW)
         } else {
             self.sustained_per_second(now)
         };
@@ -152,7 +158,7 @@ impl DrainRate {
     /// ago), but over no less than [`DRAIN_WINDOW`].
     pub fn sustained_per_second(&mut self, now: Instant) -> Option<f64> {
         let recent = self.per_second(now)?;
-        Some(recent.min(sustained_rate(&self.sustained, now)?))
+        Some(recent.min(rate_over(&self.sustained, now, SUSTAINED_WINDOW)?))
     }
 }
 
@@ -594,6 +600,10 @@ mod tests {
         drain.record_end(at(29_500));
         let pace = drain.calendar_per_second(now).unwrap();
         assert!((pace - 0.9 * 0.2).abs() < 1e-9, "{pace}");
+        // Ends count for two minutes: 70 s on, the four over the 73 s
+        // since the first of them.
+        let pace = drain.calendar_per_second(at(100_000)).unwrap();
+        assert!((pace - 0.9 * 4.0 / 73.0).abs() < 1e-9, "{pace}");
     }
 
     #[test]
