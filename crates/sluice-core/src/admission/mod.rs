@@ -346,11 +346,12 @@ impl Admission {
                     predicted_wait: None,
                 }
             } else {
-                // Bookings due before its first token must come go ahead.
-                let within = urgency
-                    .deadline
-                    .unwrap_or(shed::MAX_RETRY_AFTER)
-                    .saturating_sub(state.service);
+                // Bookings due before its first token must come go ahead;
+                // without a deadline, every booking (none reaches past the
+                // horizon).
+                let within = urgency.deadline.map_or(shed::MAX_RETRY_AFTER, |deadline| {
+                    deadline.saturating_sub(state.service)
+                });
                 let booked = state
                     .bookings
                     .held_for_others(urgency.retry_key, now, within);
